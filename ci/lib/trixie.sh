@@ -181,10 +181,11 @@ _in_root_argv() {
         esac
     done
     (($#)) || sc4_die "in_root: no command given"
-    local e
+    local e pcsc=
     for e in "${envs[@]}"; do
         if [[ $e == PCSCLITE_CSOCK_NAME=* ]]; then
             binds+=("$(dirname "${e#PCSCLITE_CSOCK_NAME=}")")
+            pcsc=1
         fi
     done
     local base=(/usr/bin/env -i "PATH=$SC4_TRIXIE_PATH" HOME=/root LANG=C.UTF-8 "${envs[@]}"
@@ -197,12 +198,39 @@ _in_root_argv() {
         || sc4_die "the Debian 13 root $root is missing or incomplete: run ci/debian13-root"
     # A private mount namespace: the mounts disappear with the command, whatever happens to it.
     # The inner bash execs chroot, so the PID of this command is the PID of CMD.
+    # The pcscd serving the socket runs on the host; pcsc-lite refuses clients newer than the
+    # daemon (Debian 13's libpcsclite speaks protocol 4:5, Debian 12's pcscd 4:4), so inside the
+    # namespace the host's own client library is bind-mounted over the root's.
+    local pcsclib=
+    if [[ -n $pcsc && ${SC4_TRIXIE_HOST_PCSCLITE:-yes} == yes ]]; then
+        pcsclib=$(trixie_host_pcsclite) || sc4_die "no libpcsclite.so.1 on the host to talk to its pcscd"
+    fi
     SC4_IN_ROOT_ARGV=(unshare --mount --propagation private -- bash -c '
-            . "$0"; root=$1; nb=$2; shift 2
+            . "$0"; root=$1; pcsclib=$2; nb=$3; shift 3
             trixie_mount "$root" "${@:1:$nb}" || exit 125
             shift "$nb"
-            exec chroot "$root" "$@"' "$SC4_TRIXIE_LIB_DIR/trixie.sh" "$root" "${#binds[@]}" "${binds[@]}"
-            "${base[@]}")
+            if [[ -n $pcsclib ]]; then
+                mount --bind "$pcsclib" "$root$(trixie_root_pcsclite "$root")" || exit 125
+            fi
+            exec chroot "$root" "$@"' "$SC4_TRIXIE_LIB_DIR/trixie.sh" "$root" "$pcsclib"
+            "${#binds[@]}" "${binds[@]}" "${base[@]}")
+}
+
+# The host's PC/SC client library (resolved file) and the root's (path inside the root).
+trixie_host_pcsclite() {
+    local f
+    for f in /usr/lib/"$(uname -m)"-linux-gnu/libpcsclite.so.1 /usr/lib/libpcsclite.so.1 /usr/lib64/libpcsclite.so.1; do
+        [[ -e $f ]] && { realpath -e "$f"; return 0; }
+    done
+    return 1
+}
+
+trixie_root_pcsclite() {
+    local root=$1 f
+    for f in /usr/lib/"$(uname -m)"-linux-gnu/libpcsclite.so.1 /usr/lib/libpcsclite.so.1; do
+        [[ -e $root$f ]] && { printf '%s\n' "$f"; return 0; }
+    done
+    return 1
 }
 
 in_root() {
