@@ -1,0 +1,79 @@
+"""Personalise a card: keys and self-signed certificates, written straight into its state.
+
+This is what a card issuer does at the factory; at run time the same can be done through the
+card with ``yubico-piv-tool`` (GENERATE ASYMMETRIC KEY PAIR + PUT DATA).  OpenSC finds keys only
+through certificates, and signs with keys outside slot 9A only if the certificate's keyUsage
+includes digitalSignature, so every key gets a certificate that says so.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from .state import CardState, PrivateKey
+
+DEFAULT_KEYS: dict[str, tuple[int, str]] = {
+    # name -> (slot, algorithm) for `virtualcard up` / provision defaults
+    "ec": (0x9A, "EC:secp256r1"),
+    "rsa": (0x9D, "RSA:2048"),
+}
+
+
+def make_key(spec: str) -> PrivateKey:
+    kind, _, param = spec.partition(":")
+    if kind == "EC":
+        curve = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}[param]
+        return ec.generate_private_key(curve)
+    return rsa.generate_private_key(65537, int(param))
+
+
+def self_signed(key: PrivateKey, common_name: str) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    is_ec = isinstance(key, ec.EllipticCurvePrivateKey)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=True,
+        key_encipherment=not is_ec,
+        data_encipherment=False,
+        key_agreement=is_ec,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def provision_slot(state: CardState, slot: int, spec: str, common_name: str | None = None) -> x509.Certificate:
+    key = make_key(spec)
+    cert = self_signed(key, common_name or f"virtualcard slot {slot:02X}")
+    state.put_key(slot, key)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    state.put_certificate(slot, cert.public_bytes(Encoding.DER))
+    return cert
+
+
+def provision_defaults(state: CardState, profile: str = "fast") -> None:
+    """Blank card -> EC P-256 in 9A and RSA-2048 in 9D, PIN 123456, PUK 12345678."""
+    if not state.initialised:
+        state.initialise(profile=profile)
+    for name, (slot, spec) in DEFAULT_KEYS.items():
+        if state.get_key(slot) is None:
+            provision_slot(state, slot, spec, f"virtualcard {name} key")
