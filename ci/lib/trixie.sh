@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # shellcheck shell=bash
 # Helpers for running stock BIND 9.20 + pkcs11-provider (Debian 13 "trixie") from a Debian 12 host.
 #

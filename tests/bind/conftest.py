@@ -1,0 +1,305 @@
+"""Fixtures for the stock-BIND flows: the Debian 13 root, the shim installed in it, and signers.
+
+A *signer* is a token with an EC P-256 and an RSA-2048 key pair that BIND reaches through
+pkcs11-provider, on one backend:
+
+- ``softhsm-cardlike``: SoftHSM through the shim, masked to a card's function set (SoftHSM
+  ``slots.mechanisms`` limited to raw ECDSA/RSA-PKCS and the two key-pair generators; the shim's
+  ``[mask] functions`` hiding Verify, CreateObject/CopyObject, Digest and Random).
+- ``piv``: the virtual PIV card (pcscd + vpcd + our Python card) through OpenSC and the shim.
+- ``softhsm-direct``: SoftHSM without the shim (LD_PRELOAD, per consumers-bind920.md) — the
+  baseline that tells a shim failure from a harness or BIND failure, and the timing reference.
+
+Missing prerequisites fail with a message naming them; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .trixie import REPO, CommandFailed, Missing, Trixie
+
+SOFTHSM_PIN = "1234"
+SOFTHSM_SO_PIN = "5678"
+SOFTHSM_TOKEN = "sc4bind"
+EC_LABEL, EC_ID = "ecc256key", "01"
+RSA_LABEL, RSA_ID = "rsa2048key", "02"
+
+# What a smartcard lacks, hidden by the shim for the "cardlike" SoftHSM backend (issue 5).
+CARDLIKE_MASK = [
+    "C_Verify", "C_VerifyInit", "C_VerifyUpdate", "C_VerifyFinal",
+    "C_CreateObject", "C_CopyObject",
+    "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestFinal",
+    "C_GenerateRandom", "C_SeedRandom",
+]
+CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
+
+BACKENDS = ["softhsm-cardlike", "piv", "softhsm-direct"]
+
+TIMINGS: list[tuple[str, str, float]] = []
+
+
+def record_time(test: str, what: str, seconds: float) -> None:
+    TIMINGS.append((test, what, seconds))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TIMINGS:
+        return
+    terminalreporter.section("BIND flow timings")
+    for test, what, seconds in TIMINGS:
+        terminalreporter.write_line(f"{seconds:8.2f} s  {what:<38} {test}")
+
+
+def fail_missing(e: Exception) -> None:
+    pytest.fail(f"BIND prerequisite missing: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def trixie(tmp_path_factory: pytest.TempPathFactory) -> Trixie:
+    """The Debian 13 root (built or reused), with pytest's base temp dir shared into it."""
+    base = str(tmp_path_factory.getbasetemp().resolve())
+    try:
+        return Trixie.ensure(binds=[base])
+    except Missing as e:
+        fail_missing(e)
+        raise
+
+
+@dataclass
+class Shim:
+    venv: str
+    module: str
+    cli: str
+
+
+def _copy_source(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(
+        ".git", ".tox", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", ".pytest_cache",
+        ".mypy_cache", ".ruff_cache",
+    )
+    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+
+
+@pytest.fixture(scope="session")
+def shim(trixie: Trixie, tmp_path_factory: pytest.TempPathFactory) -> Shim:
+    """The shim built and installed inside the root: a venv over Debian's cffi/cryptography/setuptools.
+
+    One venv per test session (inside pytest's temp dir, shared into the root) so concurrent runs and
+    the cached root never see each other's builds."""
+    base = tmp_path_factory.mktemp("shim")
+    src, venv = base / "src", base / "venv"
+    _copy_source(src)
+    start = time.monotonic()
+    try:
+        trixie.run(["python3", "-m", "venv", "--system-site-packages", venv])
+        trixie.run(
+            [venv / "bin" / "pip", "install", "--no-index", "--no-build-isolation", "--quiet", src],
+            env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=900,
+        )
+    except CommandFailed as e:
+        fail_missing(Missing(f"the shim does not build/install in the Debian 13 root:\n{e}"))
+    cli = str(venv / "bin" / "sc4dnssec")
+    try:
+        module = trixie.run([cli, "module-path"]).stdout.strip()
+    except CommandFailed as e:
+        fail_missing(Missing(f"`sc4dnssec module-path` fails in the Debian 13 root:\n{e}"))
+    if not trixie.path(module).exists():
+        fail_missing(Missing(f"`sc4dnssec module-path` names {module}, which does not exist"))
+    record_time("(session)", "shim build+install in the root", time.monotonic() - start)
+    return Shim(str(venv), module, cli)
+
+
+@dataclass
+class Signer:
+    """A token BIND can use, and the environments to use it with."""
+
+    name: str
+    trixie: Trixie
+    work: Path
+    token: str
+    pin_file: Path
+    ec_select: str  # the URI attributes that select the EC key pair (object=... or id=%..)
+    rsa_select: str
+    sign_env: dict[str, str]  # for signing processes: OPENSSL_CONF + backend
+    backend_env: dict[str, str]  # to reach the backend directly (pkcs11-tool), without OPENSSL_CONF
+    backend: str  # the real PKCS#11 module
+    can_generate: bool
+    shim: Shim | None = None
+    audit_log: Path | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def uri(self, key: str = "ec", pin: bool = True) -> str:
+        select = self.ec_select if key == "ec" else self.rsa_select
+        uri = f"pkcs11:token={self.token};{select}"
+        return f"{uri};pin-source={self.pin_file}" if pin else uri
+
+    def run(self, cmd: list[str | os.PathLike[str]], signing: bool = False, cwd: Path | None = None,
+            check: bool = True, timeout: float = 600):
+        env = self.sign_env if signing else {}
+        return self.trixie.run(cmd, env=env, cwd=cwd or self.work, check=check, timeout=timeout)
+
+    def pkcs11_tool(self, *args: str, check: bool = True):
+        return self.trixie.run(
+            ["pkcs11-tool", "--module", self.backend, *args], env=self.backend_env, cwd=self.work, check=check
+        )
+
+    def audit(self) -> list[dict[str, object]]:
+        """The audit records (sc4dnssec audit show --json), or [] without the shim."""
+        if self.shim is None or self.audit_log is None:
+            return []
+        out = self.trixie.run([self.shim.cli, "audit", "show", "--json", self.audit_log]).stdout
+        text = out.strip()
+        if text.startswith("["):
+            return list(json.loads(text))
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def audit_verify(self):
+        assert self.shim is not None and self.audit_log is not None
+        return self.trixie.run([self.shim.cli, "audit", "verify", self.audit_log], check=False)
+
+
+def _openssl_cnf(trixie: Trixie, work: Path, module: str) -> Path:
+    cnf = work / "openssl.cnf"
+    cnf.write_text(trixie.openssl_cnf(module))
+    return cnf
+
+
+def _softhsm_token(trixie: Trixie, work: Path, cardlike: bool) -> tuple[str, dict[str, str]]:
+    softhsm = trixie.find_lib("libsofthsm2.so")
+    tokens = work / "tokens"
+    tokens.mkdir()
+    conf = work / "softhsm2.conf"
+    lines = [f"directories.tokendir = {tokens}", "objectstore.backend = file", "log.level = ERROR"]
+    if cardlike:
+        lines.append(f"slots.mechanisms = {CARDLIKE_MECHANISMS}")
+    conf.write_text("\n".join(lines) + "\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    trixie.run(["softhsm2-util", "--init-token", "--free", "--label", SOFTHSM_TOKEN,
+                "--pin", SOFTHSM_PIN, "--so-pin", SOFTHSM_SO_PIN], env=env, cwd=work)
+    for kt, label, kid in (("EC:prime256v1", EC_LABEL, EC_ID), ("rsa:2048", RSA_LABEL, RSA_ID)):
+        trixie.run(["pkcs11-tool", "--module", softhsm, "--token-label", SOFTHSM_TOKEN, "--login",
+                    "--pin", SOFTHSM_PIN, "--keypairgen", "--key-type", kt, "--label", label, "--id", kid],
+                   env=env, cwd=work)
+    return softhsm, env
+
+
+def _make_softhsm(name: str, trixie: Trixie, work: Path, shim: Shim | None) -> Signer:
+    pin_file = work / "pin"
+    pin_file.write_text(SOFTHSM_PIN)  # no newline: some consumers read the file verbatim
+    softhsm, env = _softhsm_token(trixie, work, cardlike=shim is not None)
+    selects = (f"object={EC_LABEL}", f"object={RSA_LABEL}")
+    if shim is None:
+        cnf = _openssl_cnf(trixie, work, softhsm)
+        # SoftHSM loaded by pkcs11-provider (RTLD_DEEPBIND) segfaults unless preloaded.
+        sign_env = {**env, "OPENSSL_CONF": str(cnf), "LD_PRELOAD": softhsm}
+        return Signer(name, trixie, work, SOFTHSM_TOKEN, pin_file, *selects, sign_env, env, softhsm, True)
+    conf = work / "cardlike.toml"
+    conf.write_text("[mask]\nfunctions = [\n" + "".join(f'    "{f}",\n' for f in CARDLIKE_MASK) + "]\n")
+    audit_log = work / "audit.jsonl"
+    cnf = _openssl_cnf(trixie, work, shim.module)
+    sign_env = {**env, "OPENSSL_CONF": str(cnf), "SC4DNSSEC_BACKEND": softhsm,
+                "SC4DNSSEC_CONF": str(conf), "SC4DNSSEC_AUDIT_LOG": str(audit_log)}
+    return Signer(name, trixie, work, SOFTHSM_TOKEN, pin_file, *selects, sign_env, env, softhsm, True,
+                  shim=shim, audit_log=audit_log)
+
+
+@dataclass
+class VirtualCard:
+    state: Path
+    exports: dict[str, str]
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if m:
+            value = m.group(2).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            out[m.group(1)] = value
+    return out
+
+
+def _virtualcard_cmd() -> list[str]:
+    exe = shutil.which("virtualcard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if exe:
+        return [exe]
+    return [sys.executable, "-m", "virtualcard.cli"]
+
+
+@pytest.fixture(scope="session")
+def virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
+    """`virtualcard up STATE_DIR` on the host (pcscd + vpcd + the Python PIV card), down at the end."""
+    state = tmp_path_factory.mktemp("virtualcard")
+    cmd = _virtualcard_cmd()
+    try:
+        proc = subprocess.run([*cmd, "up", str(state)], capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        fail_missing(Missing(f"`virtualcard up` could not run: {e}"))
+    if proc.returncode != 0:
+        fail_missing(Missing(
+            f"`virtualcard up {state}` failed (exit {proc.returncode}): the virtual PIV card "
+            f"(issue 4; needs pcscd and vsmartcard-vpcd on the host)\n{proc.stdout}\n{proc.stderr}"
+        ))
+    exports = _parse_exports(proc.stdout)
+    try:
+        if "PCSCLITE_CSOCK_NAME" not in exports:
+            fail_missing(Missing(f"`virtualcard up` printed no PCSCLITE_CSOCK_NAME export:\n{proc.stdout}"))
+        yield VirtualCard(state, exports)
+    finally:
+        subprocess.run([*cmd, "down", str(state)], capture_output=True, text=True, timeout=120)
+
+
+def _piv_key_id(exports: dict[str, str], which: str, default: str) -> str:
+    for k, v in exports.items():
+        if which in k.upper() and "ID" in k.upper():
+            return v.replace("%", "").lower()
+    return default
+
+
+def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim, card: VirtualCard) -> Signer:
+    ex = card.exports
+    pin = ex.get("SC4_CARD_PIN") or ex.get("VIRTUALCARD_PIN") or "123456"
+    pin_file = work / "pin"
+    pin_file.write_text(pin)
+    opensc = trixie.find_lib("opensc-pkcs11.so")  # the root's OpenSC, not the host's
+    env = {"PCSCLITE_CSOCK_NAME": ex["PCSCLITE_CSOCK_NAME"]}
+    listing = trixie.run(["pkcs11-tool", "--module", opensc, "-L"], env=env, check=False)
+    m = re.search(r"token label\s*:\s*(.+)", listing.stdout)
+    if listing.returncode != 0 or not m:
+        fail_missing(Missing(f"OpenSC in the Debian 13 root does not see the virtual card:\n{listing.explain()}"))
+    token = m.group(1).strip()
+    ec_id = _piv_key_id(ex, "EC", "01")  # slot 9A
+    rsa_id = _piv_key_id(ex, "RSA", "03")  # slot 9D
+    audit_log = work / "audit.jsonl"
+    cnf = _openssl_cnf(trixie, work, shim.module)
+    sign_env = {**env, "OPENSSL_CONF": str(cnf), "SC4DNSSEC_BACKEND": opensc,
+                "SC4DNSSEC_AUDIT_LOG": str(audit_log)}
+    return Signer(name, trixie, work, token, pin_file, f"id=%{ec_id}", f"id=%{rsa_id}", sign_env, env,
+                  opensc, False, shim=shim, audit_log=audit_log)
+
+
+@pytest.fixture(params=BACKENDS)
+def signer(request: pytest.FixtureRequest, trixie: Trixie, tmp_path: Path) -> Signer:
+    name = request.param
+    work = tmp_path.resolve()
+    if name == "softhsm-direct":
+        return _make_softhsm(name, trixie, work, None)
+    shim_ = request.getfixturevalue("shim")
+    if name == "softhsm-cardlike":
+        return _make_softhsm(name, trixie, work, shim_)
+    card = request.getfixturevalue("virtual_card")
+    return _make_piv(name, trixie, work, shim_, card)
