@@ -1,0 +1,128 @@
+"""Audit summaries of call arguments, derived from the function table.
+
+One rule set for all 68 functions, chosen by C type, so a new handler cannot
+forget to summarise (or forget to hide) an argument.  PINs (every
+``CK_UTF8CHAR_PTR`` except a token label) are never read; attribute values are
+shown only for attributes on an allow-list of non-secret ones, others by
+length.  Data that is signed, verified or digested is summarised as length and
+SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from shim.constants import CKA, CKK, CKM, CKO, CKU, name_of
+from shim.ffi import NULL, ffi
+from shim.functions import FunctionSpec
+
+Summariser = Callable[[tuple[Any, ...], dict[str, Any]], None]
+
+# Attributes whose values are never secret and help an auditor.
+_SHOWN = {
+    CKA.CLASS: lambda v: name_of(CKO, _ulong(v)),
+    CKA.KEY_TYPE: lambda v: name_of(CKK, _ulong(v)),
+    CKA.LABEL: lambda v: v.decode("utf-8", "replace"),
+    CKA.ID: lambda v: v.hex(),
+    CKA.EC_PARAMS: lambda v: v.hex(),
+    CKA.MODULUS_BITS: lambda v: _ulong(v),
+    CKA.VALUE_LEN: lambda v: _ulong(v),
+    CKA.PUBLIC_EXPONENT: lambda v: v.hex(),
+    CKA.KEY_GEN_MECHANISM: lambda v: name_of(CKM, _ulong(v)),
+}
+_BOOLEANS = {
+    CKA.TOKEN, CKA.PRIVATE, CKA.MODIFIABLE, CKA.SENSITIVE, CKA.EXTRACTABLE, CKA.SIGN, CKA.VERIFY,
+    CKA.ENCRYPT, CKA.DECRYPT, CKA.WRAP, CKA.UNWRAP, CKA.DERIVE, CKA.COPYABLE, CKA.DESTROYABLE,
+    CKA.ALWAYS_AUTHENTICATE, CKA.LOCAL, CKA.ALWAYS_SENSITIVE, CKA.NEVER_EXTRACTABLE, CKA.SIGN_RECOVER,
+    CKA.VERIFY_RECOVER, CKA.TRUSTED,
+}
+# Functions whose input data is hashed into the record (what was signed/verified).
+_HASHED_DATA = {
+    "C_Sign", "C_SignUpdate", "C_Verify", "C_VerifyUpdate", "C_Digest", "C_DigestUpdate", "C_SignRecover",
+}
+
+
+def _ulong(v: bytes) -> int:
+    return int.from_bytes(v, "little") if len(v) in (1, 2, 4, 8) else -1
+
+
+def attribute_summary(atype: int, value: bytes | None) -> Any:
+    name = name_of(CKA, atype)
+    if value is None:
+        return name, None
+    if atype in _BOOLEANS and len(value) == 1:
+        return name, bool(value[0])
+    shown = _SHOWN.get(atype)  # type: ignore[call-overload]
+    if shown is not None:
+        return name, shown(value)
+    return name, f"<{len(value)} bytes>"
+
+
+def template_summary(ptr: Any, count: int) -> dict[str, Any] | str:
+    if count == 0:
+        return {}
+    if ptr == NULL:
+        return "NULL"
+    if count > 256:
+        return f"<{count} attributes>"
+    out: dict[str, Any] = {}
+    for i in range(count):
+        a = ptr[i]
+        value = None if a.pValue == NULL or a.ulValueLen > 1 << 20 else ffi.buffer(a.pValue, a.ulValueLen)[:]
+        k, v = attribute_summary(int(a.type), value)
+        out[k] = v
+    return out
+
+
+def _mechanism(ptr: Any) -> str | None:
+    return None if ptr == NULL else name_of(CKM, int(ptr.mechanism))
+
+
+def compile_summariser(spec: FunctionSpec) -> Summariser:
+    steps: list[Summariser] = []
+    params = spec.params
+    for i, p in enumerate(params):
+        nxt = params[i + 1] if i + 1 < len(params) else None
+        if p.ctype == "CK_SESSION_HANDLE":
+            steps.append(lambda a, o, i=i: o.__setitem__("session", int(a[i])))
+        elif p.ctype == "CK_SLOT_ID":
+            steps.append(lambda a, o, i=i: o.__setitem__("slot", int(a[i])))
+        elif p.ctype == "CK_OBJECT_HANDLE":
+            key = p.name[1:2].lower() + p.name[2:] if p.name.startswith("h") else p.name
+            steps.append(lambda a, o, i=i, key=key: o.__setitem__(key, int(a[i])))
+        elif p.ctype == "CK_MECHANISM_TYPE":
+            steps.append(lambda a, o, i=i: o.__setitem__("mechanism", name_of(CKM, int(a[i]))))
+        elif p.ctype == "CK_MECHANISM_PTR":
+            steps.append(lambda a, o, i=i: o.__setitem__("mechanism", _mechanism(a[i])))
+        elif p.ctype == "CK_USER_TYPE":
+            steps.append(lambda a, o, i=i: o.__setitem__("user", name_of(CKU, int(a[i]))))
+        elif p.ctype == "CK_FLAGS":
+            steps.append(lambda a, o, i=i: o.__setitem__("flags", hex(int(a[i]))))
+        elif p.ctype == "CK_BBOOL":
+            steps.append(lambda a, o, i=i, n=p.name: o.__setitem__(n, bool(a[i])))
+        elif p.ctype == "CK_ATTRIBUTE_PTR" and nxt is not None and nxt.ctype == "CK_ULONG":
+            key = "template" if p.name == "pTemplate" else p.name[1:2].lower() + p.name[2:]
+            steps.append(lambda a, o, i=i, key=key: o.__setitem__(key, template_summary(a[i], int(a[i + 1]))))
+        elif p.ctype == "CK_BYTE_PTR" and nxt is not None and nxt.ctype == "CK_ULONG":
+            key = p.name[1:2].lower() + p.name[2:] if p.name.startswith("p") else p.name
+            if spec.name in _HASHED_DATA and i == 1:
+                steps.append(lambda a, o, i=i, key=key: _hashed(a, o, i, key))
+            else:
+                steps.append(lambda a, o, i=i, key=key: o.__setitem__(key + "_len", int(a[i + 1])))
+        elif p.name in ("ulMaxObjectCount", "ulRandomLen"):
+            steps.append(lambda a, o, i=i, n=p.name: o.__setitem__(n[2:3].lower() + n[3:], int(a[i])))
+
+    def summarise(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        for step in steps:
+            step(args, out)
+
+    return summarise
+
+
+def _hashed(args: tuple[Any, ...], out: dict[str, Any], i: int, key: str) -> None:
+    ptr, n = args[i], int(args[i + 1])
+    out[key + "_len"] = n
+    if ptr != NULL and 0 < n <= 1 << 24:
+        out[key + "_sha256"] = hashlib.sha256(ffi.buffer(ptr, n)).hexdigest()
