@@ -396,7 +396,7 @@ class PIVCard:
             self._mgmt_challenge = None
             enc = _cipher(alg, key).encryptor()
             return tlv(0x80, enc.update(self._mgmt_witness) + enc.finalize())
-        if 0x80 in fields and 0x81 in fields and fields.get(0x82) == b"":
+        if fields.get(0x80) and fields.get(0x81):  # 82 00 is optional (yubico-piv-tool omits it)
             witness, self._mgmt_witness = self._mgmt_witness, None
             if witness is None or not secrets.compare_digest(witness, fields[0x80]):
                 self.mgmt_authenticated = False

@@ -76,4 +76,6 @@ def provision_defaults(state: CardState, profile: str = "fast") -> None:
         state.initialise(profile=profile)
     for name, (slot, spec) in DEFAULT_KEYS.items():
         if state.get_key(slot) is None:
-            provision_slot(state, slot, spec, f"virtualcard {name} key")
+            # OpenSC names the token after the CN of the 9A certificate: make it unique per card
+            cn = f"virtualcard-{state.counters.serial}" if slot == 0x9A else f"virtualcard {name} key"
+            provision_slot(state, slot, spec, cn)

@@ -1,0 +1,325 @@
+"""A private pcscd with vpcd readers, and card processes in them, all started and stopped by PID.
+
+pcscd 1.9.9 always binds ``/run/pcscd/pcscd.comm``.  To never touch a system pcscd we run ours in
+its own mount namespace with a private directory bind-mounted over ``/run``::
+
+    unshare -m --propagation private sh -c 'mount --bind RUN_DIR/root /run && exec pcscd -f -c CONF'
+
+(``sh`` and ``unshare`` exec, so the PID we get is pcscd's.)  Clients reach it with
+``PCSCLITE_CSOCK_NAME=RUN_DIR/root/pcscd/pcscd.comm``.  Each vpcd config entry offers two readers
+on consecutive TCP ports; reader ``r`` listens on ``base_port + r``.  Ports are chosen free, so
+several harnesses (several developers, parallel CI jobs) coexist on one machine.
+
+Stale ATRs: pcscd polls presence every 400 ms; a card re-inserted faster than that is never seen
+as removed.  :meth:`Harness.remove` therefore waits until pcscd reports the reader empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+OPENSC_PKCS11_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+    "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
+    "/usr/lib64/opensc-pkcs11.so",
+    "/usr/lib/opensc-pkcs11.so",
+    "/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so",
+)
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def opensc_module() -> str:
+    """Path of opensc-pkcs11.so (env ``OPENSC_PKCS11`` wins)."""
+    env = os.environ.get("OPENSC_PKCS11")
+    if env:
+        return env
+    for path in OPENSC_PKCS11_CANDIDATES:
+        if os.path.exists(path):
+            return path
+    raise HarnessError("opensc-pkcs11.so not found (install opensc-pkcs11 or set OPENSC_PKCS11)")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def find_free_ports(n: int) -> int:
+    """A base port with ``n`` consecutive free ports (vpcd's default 35963 is avoided)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(36000, 60000, 2)
+        if all(_port_free(base + i) for i in range(n)):
+            return base
+    raise HarnessError("no free port range for vpcd")
+
+
+def pid_alive(pid: int, expect: str = "") -> bool:
+    """True if ``pid`` runs and its command line contains ``expect`` (guards against PID reuse)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return expect in cmdline
+
+
+def _terminate(pid: int, expect: str, timeout: float = 5.0) -> None:
+    if not pid_alive(pid, expect):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:  # reap if it is our child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        if not pid_alive(pid, expect):
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class CardProc:
+    reader: int
+    port: int
+    pid: int
+    state_dir: str
+    inserted: bool = True
+    latency_ms: float | None = None
+    profile: str | None = None
+
+
+@dataclass
+class Harness:
+    """One private pcscd and its virtual cards; persisted in ``run_dir/harness.json``."""
+
+    run_dir: Path
+    readers: int = 2
+    base_port: int = 0
+    pcscd_pid: int = 0
+    cards: dict[int, CardProc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+
+    # -- paths and environment ---------------------------------------------------------
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / "root" / "pcscd" / "pcscd.comm"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client process needs to find this pcscd."""
+        return {"PCSCLITE_CSOCK_NAME": str(self.socket_path)}
+
+    def reader_name(self, reader: int) -> str:
+        entry, slot = divmod(reader, 2)
+        return f"{self._friendly(entry)} 00 {slot:02d}"
+
+    @staticmethod
+    def _friendly(entry: int) -> str:
+        return "Virtual PCD" if entry == 0 else f"Virtual PCD {entry}"
+
+    # -- persistence (the CLI starts in one process and stops in another) ---------------
+    def save(self) -> None:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        data["cards"] = {str(k): asdict(v) for k, v in self.cards.items()}
+        tmp = self.run_dir / "harness.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.run_dir / "harness.json")
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> Harness:
+        raw = json.loads((Path(run_dir) / "harness.json").read_text())
+        cards = {int(k): CardProc(**v) for k, v in raw.pop("cards").items()}
+        h = cls(**raw)
+        h.cards = cards
+        return h
+
+    # -- pcscd -------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the private pcscd with ``readers`` vpcd readers on free ports."""
+        if self.pcscd_pid and pid_alive(self.pcscd_pid, "pcscd"):
+            return
+        if shutil.which("pcscd") is None or not os.path.exists(VPCD_DRIVER):
+            raise HarnessError("pcscd and vsmartcard-vpcd are required (apt install pcscd vsmartcard-vpcd)")
+        if len(str(self.socket_path)) > 100:
+            raise HarnessError(f"socket path too long for AF_UNIX: {self.socket_path}")
+        conf = self.run_dir / "reader.conf.d"
+        root = self.run_dir / "root"
+        conf.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / "pcscd", ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        entries = (self.readers + 1) // 2
+        self.base_port = find_free_ports(entries * 2)
+        for old in conf.iterdir():
+            old.unlink()
+        for i in range(entries):
+            port = self.base_port + 2 * i
+            (conf / f"vpcd{i}").write_text(
+                f'FRIENDLYNAME "{self._friendly(i)}"\nDEVICENAME /dev/null:{port}\n'
+                f"LIBPATH {VPCD_DRIVER}\nCHANNELID {port}\n"
+            )
+        unshare = ["unshare", "-m", "--propagation", "private"]
+        if os.geteuid() != 0:
+            unshare.insert(1, "-r")  # user namespace: mount without real root
+        inner = f"mount --bind '{root}' /run && exec pcscd -f -c '{conf}'"
+        log = open(self.run_dir / "pcscd.log", "ab")
+        proc = subprocess.Popen(
+            [*unshare, "sh", "-c", inner],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+        self.pcscd_pid = proc.pid
+        deadline = time.monotonic() + timeout
+        while not self.socket_path.exists():
+            if proc.poll() is not None:
+                raise HarnessError(f"pcscd exited ({proc.returncode}); see {self.run_dir / 'pcscd.log'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise HarnessError("pcscd did not create its socket")
+            time.sleep(0.02)
+        # the readers appear once the vpcd driver is loaded
+        self._wait(lambda s: all(self.reader_name(r) in s for r in range(self.readers)), timeout,
+                   "vpcd readers did not appear")
+        self.save()
+
+    def stop(self) -> None:
+        """Stop every card and pcscd, by PID only."""
+        for card in list(self.cards.values()):
+            _terminate(card.pid, "virtualcard.vpcd")
+        self.cards.clear()
+        if self.pcscd_pid:
+            _terminate(self.pcscd_pid, "pcscd")
+            self.pcscd_pid = 0
+        if self.run_dir.exists():
+            self.save()
+
+    @property
+    def running(self) -> bool:
+        return bool(self.pcscd_pid) and pid_alive(self.pcscd_pid, "pcscd")
+
+    # -- reader status via opensc-tool -------------------------------------------------
+    def reader_status(self) -> dict[str, bool]:
+        """Reader name -> card present, as pcscd reports it to clients."""
+        env = {**os.environ, **self.env}
+        out = subprocess.run(
+            ["opensc-tool", "-l"], env=env, capture_output=True, text=True, timeout=20
+        ).stdout
+        status: dict[str, bool] = {}
+        for line in out.splitlines():
+            m = re.match(r"^\s*\d+\s+(Yes|No)\s+(?:\S+\s+)?(Virtual PCD.*)$", line)
+            if m:
+                status[m.group(2).strip()] = m.group(1) == "Yes"
+        return status
+
+    def _listing(self) -> str:
+        return "\n".join(f"{n} {p}" for n, p in self.reader_status().items())
+
+    def _wait(self, cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = self._listing()
+            if cond(listing):
+                return
+            if time.monotonic() > deadline:
+                raise HarnessError(f"{what}; readers: {listing!r}")
+            time.sleep(0.05)
+
+    def wait_present(self, reader: int, present: bool = True, timeout: float = 15.0) -> None:
+        name = self.reader_name(reader)
+        self._wait(lambda s: f"{name} {present}" in s, timeout,
+                   f"card in {name} not {'present' if present else 'absent'}")
+
+    # -- cards -------------------------------------------------------------------------
+    def free_reader(self) -> int:
+        for r in range(self.readers):
+            if r not in self.cards:
+                return r
+        raise HarnessError(f"all {self.readers} readers hold a card")
+
+    def add_card(
+        self,
+        state_dir: str | os.PathLike[str],
+        reader: int | None = None,
+        latency_ms: float | None = None,
+        profile: str | None = None,
+        wait: bool = True,
+        verbose: bool = False,
+    ) -> CardProc:
+        """Start a card process for an initialised state dir in a reader (the first free one)."""
+        if reader is None:
+            reader = self.free_reader()
+        if reader in self.cards:
+            raise HarnessError(f"reader {reader} already holds a card")
+        port = self.base_port + reader
+        cmd = [sys.executable, "-m", "virtualcard.vpcd", "--state", str(state_dir), "--port", str(port)]
+        if latency_ms is not None:
+            cmd += ["--latency-ms", str(latency_ms)]
+        if profile is not None:
+            cmd += ["--profile", profile]
+        if verbose:
+            cmd.append("-v")
+        env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        log = open(self.run_dir / f"card{reader}.log", "ab")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                start_new_session=True)
+        log.close()
+        card = CardProc(reader, port, proc.pid, str(state_dir), True, latency_ms, profile)
+        self.cards[reader] = card
+        self.save()
+        if wait:
+            self.wait_present(reader, True)
+        return card
+
+    def stop_card(self, reader: int, wait: bool = True) -> None:
+        card = self.cards.pop(reader)
+        _terminate(card.pid, "virtualcard.vpcd")
+        self.save()
+        if wait:
+            self.wait_present(reader, False)
+
+    def remove(self, reader: int = 0, wait: bool = True) -> None:
+        """Pull the card out of the reader (the card process keeps running)."""
+        card = self.cards[reader]
+        os.kill(card.pid, signal.SIGUSR1)
+        card.inserted = False
+        self.save()
+        if wait:
+            self.wait_present(reader, False)
+
+    def insert(self, reader: int = 0, wait: bool = True) -> None:
+        card = self.cards[reader]
+        os.kill(card.pid, signal.SIGUSR2)
+        card.inserted = True
+        self.save()
+        if wait:
+            self.wait_present(reader, True)

@@ -1,0 +1,266 @@
+"""pytest plugin: ``--card=virtual|softhsm|softhsm-cardlike|opensc`` and the ``card`` fixture.
+
+Enabled by the repository's root ``conftest.py`` (``pytest_plugins = ["virtualcard.pytest_plugin"]``).
+
+- ``softhsm``: a fresh SoftHSM token in a temp dir (writable, can generate).
+- ``softhsm-cardlike``: the same, restricted to what a cheap card offers (``slots.mechanisms``)
+  plus a shim mask (``card.shim_conf``) hiding the functions cards lack.
+- ``virtual``: a private pcscd + the virtual PIV card, driven through ``opensc-pkcs11.so``.
+- ``opensc``: a real card in a real reader (skipped when none); tests that change the card need
+  ``--card-destructive``.
+
+The fixture puts ``card.env`` into ``os.environ`` for the session, so in-process PyKCS11 finds
+the token; subprocesses should get ``card.subprocess_env()``.  pcsc-lite reads
+``PCSCLITE_CSOCK_NAME`` once per process, so one pytest process talks to one pcscd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .cardinfo import CardInfo, KeyInfo, discover_keys
+from .harness import Harness, HarnessError, opensc_module
+from .provision import provision_defaults
+from .state import CardState
+
+__all__ = ["CardInfo", "KeyInfo", "VirtualCard"]
+
+KINDS = ("virtual", "softhsm", "softhsm-cardlike", "opensc")
+SOFTHSM_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+SOFTHSM_LABEL = "sc4dnssec-test"
+TEST_PIN = "123456"
+SO_PIN = "12345678"
+CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
+# What cheap cards (seen through their PKCS#11 module) lack; the shim completes these.
+CARDLIKE_MASK_FUNCTIONS = [
+    "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal", "C_VerifyRecoverInit", "C_VerifyRecover",
+    "C_CreateObject", "C_CopyObject",
+    "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestKey", "C_DigestFinal",
+    "C_GenerateRandom", "C_SeedRandom", "C_GetOperationState", "C_SetOperationState",
+    "C_SignUpdate", "C_SignFinal",
+]
+# Hash-and-sign and digest mechanisms: already absent via slots.mechanisms, masked again so
+# the shim's view matches even if a SoftHSM build ignores that setting.
+CARDLIKE_MASK_MECHANISMS = [
+    "CKM_SHA_1", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512",
+    "CKM_ECDSA_SHA1", "CKM_ECDSA_SHA256", "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512",
+    "CKM_SHA1_RSA_PKCS", "CKM_SHA256_RSA_PKCS", "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS",
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("virtualcard", "card under test")
+    g.addoption("--card", choices=KINDS, default=os.environ.get("SC4DNSSEC_CARD", "softhsm"),
+                help="token the tests run against (default softhsm; env SC4DNSSEC_CARD)")
+    g.addoption("--card-destructive", action="store_true", default=False,
+                help="allow tests that change a real card (PIN counters, keys) with --card=opensc")
+    g.addoption("--card-latency-ms", type=float, default=None,
+                help="virtual card: delay per private-key operation")
+    g.addoption("--card-pin", default=os.environ.get("SC4DNSSEC_CARD_PIN", TEST_PIN),
+                help="user PIN of a real card (--card=opensc)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "card_destructive: changes the card (needs --card-destructive on a real card)")
+
+
+# -- SoftHSM ----------------------------------------------------------------------------
+def softhsm_module() -> str:
+    env = os.environ.get("SOFTHSM2_MODULE")
+    if env:
+        return env
+    for p in SOFTHSM_CANDIDATES:
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError("libsofthsm2.so not found (apt install softhsm2 or set SOFTHSM2_MODULE)")
+
+
+def make_softhsm(directory: Path, cardlike: bool) -> CardInfo:
+    """A fresh token with an EC P-256 (ecc256key, id 01) and an RSA-2048 (rsa2048key, id 02) pair."""
+    module = softhsm_module()
+    tokens = directory / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    conf = directory / "softhsm2.conf"
+    lines = [f"directories.tokendir = {tokens}", "objectstore.backend = file", "log.level = ERROR",
+             "slots.removable = false"]
+    if cardlike:
+        lines.append(f"slots.mechanisms = {CARDLIKE_MECHANISMS}")
+    conf.write_text("\n".join(lines) + "\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    full = {**os.environ, **env}
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", SOFTHSM_LABEL,
+                    "--pin", TEST_PIN, "--so-pin", SO_PIN], env=full, check=True, capture_output=True)
+    keys = {
+        "ec": KeyInfo("ecc256key", b"\x01", "EC", curve="secp256r1"),
+        "rsa": KeyInfo("rsa2048key", b"\x02", "RSA", bits=2048),
+    }
+    for key, spec in ((keys["ec"], "EC:prime256v1"), (keys["rsa"], "rsa:2048")):
+        subprocess.run(["pkcs11-tool", "--module", module, "--token-label", SOFTHSM_LABEL, "--login",
+                        "--pin", TEST_PIN, "--keypairgen", "--key-type", spec, "--label", key.label,
+                        "--id", key.id.hex()], env=full, check=True, capture_output=True)
+    shim_conf: dict = {}  # type: ignore[type-arg]
+    if cardlike:
+        shim_conf = {"mask": {"functions": list(CARDLIKE_MASK_FUNCTIONS),
+                              "mechanisms": list(CARDLIKE_MASK_MECHANISMS)}}
+    return CardInfo(
+        kind="softhsm-cardlike" if cardlike else "softhsm", module=module, pin=TEST_PIN,
+        token_label=SOFTHSM_LABEL, keys=keys, env=env, shim_conf=shim_conf,
+        writable=not cardlike, can_generate=True,
+    )
+
+
+# -- virtual card ------------------------------------------------------------------------
+@dataclass
+class VirtualCard:
+    """A virtual card in a reader of the session's private pcscd."""
+
+    harness: Harness
+    reader: int
+    state_dir: Path
+    info: CardInfo
+    _stopped: bool = field(default=False, repr=False)
+
+    def remove(self, wait: bool = True) -> None:
+        self.harness.remove(self.reader, wait)
+
+    def insert(self, wait: bool = True) -> None:
+        self.harness.insert(self.reader, wait)
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self.harness.stop_card(self.reader)
+            self._stopped = True
+
+    @property
+    def state(self) -> CardState:
+        return CardState(self.state_dir)
+
+
+def start_virtual_card(harness: Harness, state_dir: Path, latency_ms: float | None = None,
+                       profile: str | None = None) -> VirtualCard:
+    state = CardState(state_dir)
+    if not state.initialised:
+        provision_defaults(state)
+    proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+    module = opensc_module()
+    label, keys, reader = discover_keys(module, harness.env, f"virtualcard-{state.counters.serial}")
+    info = CardInfo(kind="virtual", module=module, pin=state.counters.pin, token_label=label, keys=keys,
+                    env=dict(harness.env), writable=False, can_generate=False, reader=reader)
+    return VirtualCard(harness, proc.reader, state_dir, info)
+
+
+@pytest.fixture(scope="session")
+def card_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--card"))
+
+
+@pytest.fixture(scope="session")
+def virtual_harness() -> Iterator[Harness]:
+    """The session's private pcscd with 4 vpcd readers, whatever --card says.
+
+    Its PCSCLITE_CSOCK_NAME goes into os.environ for the session (pcsc-lite reads it once per
+    process), so in-process PyKCS11 over opensc-pkcs11.so sees these readers.
+    """
+    if os.environ.get("PCSCLITE_CSOCK_NAME") and "vcard-" not in os.environ["PCSCLITE_CSOCK_NAME"]:
+        pytest.skip("PCSCLITE_CSOCK_NAME already points at another pcscd")
+    run = Path(tempfile.mkdtemp(prefix="vcard-"))  # short: AF_UNIX paths are limited to 108 bytes
+    h = Harness(run, readers=4)
+    try:
+        h.start()
+    except (HarnessError, OSError) as e:
+        shutil.rmtree(run, ignore_errors=True)
+        pytest.skip(f"virtual card stack unavailable: {e}")
+    saved = os.environ.get("PCSCLITE_CSOCK_NAME")
+    os.environ.update(h.env)
+    try:
+        yield h
+    finally:
+        h.stop()
+        if saved is None:
+            os.environ.pop("PCSCLITE_CSOCK_NAME", None)
+        else:
+            os.environ["PCSCLITE_CSOCK_NAME"] = saved
+        shutil.rmtree(run, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def card(request: pytest.FixtureRequest, card_kind: str,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[CardInfo]:
+    """The card under test, described by a :class:`CardInfo`; its env is in os.environ meanwhile."""
+    info: CardInfo
+    if card_kind in ("softhsm", "softhsm-cardlike"):
+        info = make_softhsm(tmp_path_factory.mktemp("softhsm"), card_kind == "softhsm-cardlike")
+    elif card_kind == "virtual":
+        h = request.getfixturevalue("virtual_harness")
+        vc = start_virtual_card(h, tmp_path_factory.mktemp("vcard-state"),
+                                latency_ms=request.config.getoption("--card-latency-ms"))
+        info = vc.info
+    else:
+        info = real_card(str(request.config.getoption("--card-pin")))
+    saved = {k: os.environ.get(k) for k in info.env}
+    os.environ.update(info.env)
+    try:
+        yield info
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def real_card(pin: str) -> CardInfo:
+    if shutil.which("opensc-tool") is None:
+        pytest.skip("--card=opensc: opensc-tool not installed")
+    out = subprocess.run(["opensc-tool", "-l"], capture_output=True, text=True, timeout=30).stdout
+    if not any(line.split()[1:2] == ["Yes"] for line in out.splitlines() if line[:1].isdigit()):
+        pytest.skip(f"--card=opensc: no card in any reader (opensc-tool -l: {out.strip() or 'no readers'})")
+    module = opensc_module()
+    try:
+        label, keys, reader = discover_keys(module, {}, None, pin)
+    except LookupError as e:
+        pytest.skip(f"--card=opensc: OpenSC sees no token: {e}")
+    missing = {"ec", "rsa"} - keys.keys()
+    if missing:
+        pytest.skip(f"--card=opensc: the card has no {'/'.join(sorted(missing))} key with a certificate")
+    return CardInfo(kind="opensc", module=module, pin=pin, token_label=label, keys=keys, env={},
+                    writable=False, can_generate=False, reader=reader)
+
+
+@pytest.fixture
+def card_destructive(request: pytest.FixtureRequest, card: CardInfo) -> CardInfo:
+    """The card, for tests that change it: refused on a real card without --card-destructive."""
+    if card.kind == "opensc" and not request.config.getoption("--card-destructive"):
+        pytest.skip("changes the real card: pass --card-destructive")
+    return card
+
+
+@pytest.fixture(scope="session")
+def card_factory(virtual_harness: Harness,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., VirtualCard]]:
+    """Start more virtual cards, each in the next free reader: ``card_factory(latency_ms=...)``."""
+    started: list[VirtualCard] = []
+
+    def factory(latency_ms: float | None = None, profile: str | None = None,
+                state_dir: Path | None = None) -> VirtualCard:
+        vc = start_virtual_card(virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"),
+                                latency_ms, profile)
+        started.append(vc)
+        return vc
+
+    yield factory
+    for vc in started:
+        if not vc._stopped and vc.reader in virtual_harness.cards:
+            vc.stop()
