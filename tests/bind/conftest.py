@@ -7,8 +7,9 @@ pkcs11-provider, on one backend:
   ``slots.mechanisms`` limited to raw ECDSA/RSA-PKCS and the two key-pair generators; the shim's
   ``[mask] functions`` hiding Verify, CreateObject/CopyObject, Digest and Random).
 - ``piv``: the virtual PIV card (pcscd + vpcd + our Python card) through OpenSC and the shim.
-- ``softhsm-direct``: SoftHSM without the shim (LD_PRELOAD, per consumers-bind920.md) — the
-  baseline that tells a shim failure from a harness or BIND failure, and the timing reference.
+- ``softhsm-direct`` / ``piv-direct``: the same tokens without the shim (the module preloaded with
+  LD_PRELOAD, per consumers-bind920.md) — the baselines that tell a shim failure from a harness or
+  BIND failure, and the timing reference.
 
 Missing prerequisites fail with a message naming them; nothing is skipped silently.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from .trixie import REPO, CommandFailed, Missing, Trixie
+from .trixie import REPO, Missing, Trixie
 
 SOFTHSM_PIN = "1234"
 SOFTHSM_SO_PIN = "5678"
@@ -45,7 +46,7 @@ CARDLIKE_MASK = [
 ]
 CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
 
-BACKENDS = ["softhsm-cardlike", "piv", "softhsm-direct"]
+BACKENDS = ["softhsm-cardlike", "piv", "softhsm-direct", "piv-direct"]
 
 TIMINGS: list[tuple[str, str, float]] = []
 
@@ -60,6 +61,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("BIND flow timings")
     for test, what, seconds in TIMINGS:
         terminalreporter.write_line(f"{seconds:8.2f} s  {what:<38} {test}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow_card: on the PIV backend, use the card with real-card latency")
 
 
 def fail_missing(e: Exception) -> None:
@@ -102,19 +107,18 @@ def shim(trixie: Trixie, tmp_path_factory: pytest.TempPathFactory) -> Shim:
     src, venv = base / "src", base / "venv"
     _copy_source(src)
     start = time.monotonic()
-    try:
-        trixie.run(["python3", "-m", "venv", "--system-site-packages", venv])
-        trixie.run(
-            [venv / "bin" / "pip", "install", "--no-index", "--no-build-isolation", "--quiet", src],
-            env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=900,
-        )
-    except CommandFailed as e:
-        fail_missing(Missing(f"the shim does not build/install in the Debian 13 root:\n{e}"))
+    for step in (
+        ["python3", "-m", "venv", "--system-site-packages", venv],
+        [venv / "bin" / "pip", "install", "--no-index", "--no-build-isolation", "--quiet", src],
+    ):
+        res = trixie.run(step, env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=900, check=False)
+        if res.returncode != 0:
+            fail_missing(Missing(f"the shim does not build/install in the Debian 13 root:\n{res.explain()}"))
     cli = str(venv / "bin" / "sc4dnssec")
-    try:
-        module = trixie.run([cli, "module-path"]).stdout.strip()
-    except CommandFailed as e:
-        fail_missing(Missing(f"`sc4dnssec module-path` fails in the Debian 13 root:\n{e}"))
+    res = trixie.run([cli, "module-path"], check=False)
+    if res.returncode != 0:
+        fail_missing(Missing(f"`sc4dnssec module-path` fails in the Debian 13 root:\n{res.explain()}"))
+    module = res.stdout.strip()
     if not trixie.path(module).exists():
         fail_missing(Missing(f"`sc4dnssec module-path` names {module}, which does not exist"))
     record_time("(session)", "shim build+install in the root", time.monotonic() - start)
@@ -240,66 +244,89 @@ def _virtualcard_cmd() -> list[str]:
     return [sys.executable, "-m", "virtualcard.cli"]
 
 
+def _card_up(state: Path, latency_ms: float | None) -> tuple[list[str], dict[str, str]]:
+    cmd = _virtualcard_cmd()
+    extra = [] if latency_ms is None else ["--latency-ms", str(latency_ms)]
+    try:
+        proc = subprocess.run([*cmd, "up", str(state), *extra], capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        proc = None
+        error = f"`virtualcard up` could not run: {e}"
+    if proc is None or proc.returncode != 0:
+        if proc is not None:
+            error = (f"`virtualcard up {state}` failed (exit {proc.returncode}): the virtual PIV card "
+                     f"(issue 4; needs pcscd and vsmartcard-vpcd on the host)\n{proc.stdout}\n{proc.stderr}")
+        subprocess.run([*cmd, "down", str(state)], capture_output=True, timeout=120)
+        fail_missing(Missing(error))
+    exports = _parse_exports(proc.stdout)
+    if "PCSCLITE_CSOCK_NAME" not in exports:
+        subprocess.run([*cmd, "down", str(state)], capture_output=True, timeout=120)
+        fail_missing(Missing(f"`virtualcard up` printed no PCSCLITE_CSOCK_NAME export:\n{proc.stdout}"))
+    return cmd, exports
+
+
 @pytest.fixture(scope="session")
 def virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
     """`virtualcard up STATE_DIR` on the host (pcscd + vpcd + the Python PIV card), down at the end."""
     state = tmp_path_factory.mktemp("virtualcard")
-    cmd = _virtualcard_cmd()
+    cmd, exports = _card_up(state, None)
     try:
-        proc = subprocess.run([*cmd, "up", str(state)], capture_output=True, text=True, timeout=180)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        fail_missing(Missing(f"`virtualcard up` could not run: {e}"))
-    if proc.returncode != 0:
-        fail_missing(Missing(
-            f"`virtualcard up {state}` failed (exit {proc.returncode}): the virtual PIV card "
-            f"(issue 4; needs pcscd and vsmartcard-vpcd on the host)\n{proc.stdout}\n{proc.stderr}"
-        ))
-    exports = _parse_exports(proc.stdout)
-    try:
-        if "PCSCLITE_CSOCK_NAME" not in exports:
-            fail_missing(Missing(f"`virtualcard up` printed no PCSCLITE_CSOCK_NAME export:\n{proc.stdout}"))
         yield VirtualCard(state, exports)
     finally:
         subprocess.run([*cmd, "down", str(state)], capture_output=True, text=True, timeout=120)
 
 
-def _piv_key_id(exports: dict[str, str], which: str, default: str) -> str:
-    for k, v in exports.items():
-        if which in k.upper() and "ID" in k.upper():
-            return v.replace("%", "").lower()
-    return default
+SLOW_CARD_MS = 200.0
 
 
-def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim, card: VirtualCard) -> Signer:
+@pytest.fixture(scope="session")
+def slow_virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
+    """A second virtual card that takes SLOW_CARD_MS per private-key operation, like a real card."""
+    state = tmp_path_factory.mktemp("slowcard")
+    cmd, exports = _card_up(state, SLOW_CARD_MS)
+    try:
+        yield VirtualCard(state, exports)
+    finally:
+        subprocess.run([*cmd, "down", str(state)], capture_output=True, text=True, timeout=120)
+
+
+def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: VirtualCard) -> Signer:
     ex = card.exports
-    pin = ex.get("SC4_CARD_PIN") or ex.get("VIRTUALCARD_PIN") or "123456"
+    missing = [k for k in ("VIRTUALCARD_PIN", "VIRTUALCARD_TOKEN_LABEL", "VIRTUALCARD_EC_ID", "VIRTUALCARD_RSA_ID")
+               if k not in ex]
+    if missing:
+        fail_missing(Missing(f"`virtualcard up` printed no {', '.join(missing)}: {ex}"))
     pin_file = work / "pin"
-    pin_file.write_text(pin)
-    opensc = trixie.find_lib("opensc-pkcs11.so")  # the root's OpenSC, not the host's
+    pin_file.write_text(ex["VIRTUALCARD_PIN"])
+    # The root's OpenSC (0.26), not the host's that SC4DNSSEC_BACKEND in the exports names.
+    opensc = trixie.find_lib("opensc-pkcs11.so")
     env = {"PCSCLITE_CSOCK_NAME": ex["PCSCLITE_CSOCK_NAME"]}
+    token = ex["VIRTUALCARD_TOKEN_LABEL"]
     listing = trixie.run(["pkcs11-tool", "--module", opensc, "-L"], env=env, check=False)
-    m = re.search(r"token label\s*:\s*(.+)", listing.stdout)
-    if listing.returncode != 0 or not m:
-        fail_missing(Missing(f"OpenSC in the Debian 13 root does not see the virtual card:\n{listing.explain()}"))
-    token = m.group(1).strip()
-    ec_id = _piv_key_id(ex, "EC", "01")  # slot 9A
-    rsa_id = _piv_key_id(ex, "RSA", "03")  # slot 9D
+    if listing.returncode != 0 or token not in listing.stdout:
+        fail_missing(Missing(f"OpenSC in the Debian 13 root does not see the virtual card {token!r}:\n"
+                             f"{listing.explain()}"))
+    selects = (f"id=%{ex['VIRTUALCARD_EC_ID']}", f"id=%{ex['VIRTUALCARD_RSA_ID']}")
+    if shim is None:
+        cnf = _openssl_cnf(trixie, work, opensc)
+        # opensc-pkcs11 under RTLD_DEEPBIND mixes allocators (free(): invalid pointer): preload it.
+        sign_env = {**env, "OPENSSL_CONF": str(cnf), "LD_PRELOAD": opensc}
+        return Signer(name, trixie, work, token, pin_file, *selects, sign_env, env, opensc, False)
     audit_log = work / "audit.jsonl"
     cnf = _openssl_cnf(trixie, work, shim.module)
     sign_env = {**env, "OPENSSL_CONF": str(cnf), "SC4DNSSEC_BACKEND": opensc,
                 "SC4DNSSEC_AUDIT_LOG": str(audit_log)}
-    return Signer(name, trixie, work, token, pin_file, f"id=%{ec_id}", f"id=%{rsa_id}", sign_env, env,
-                  opensc, False, shim=shim, audit_log=audit_log)
+    return Signer(name, trixie, work, token, pin_file, *selects, sign_env, env, opensc, False,
+                  shim=shim, audit_log=audit_log)
 
 
 @pytest.fixture(params=BACKENDS)
 def signer(request: pytest.FixtureRequest, trixie: Trixie, tmp_path: Path) -> Signer:
     name = request.param
     work = tmp_path.resolve()
-    if name == "softhsm-direct":
-        return _make_softhsm(name, trixie, work, None)
-    shim_ = request.getfixturevalue("shim")
-    if name == "softhsm-cardlike":
+    shim_ = None if name.endswith("-direct") else request.getfixturevalue("shim")
+    if name.startswith("softhsm"):
         return _make_softhsm(name, trixie, work, shim_)
-    card = request.getfixturevalue("virtual_card")
+    slow = request.node.get_closest_marker("slow_card") is not None
+    card = request.getfixturevalue("slow_virtual_card" if slow else "virtual_card")
     return _make_piv(name, trixie, work, shim_, card)

@@ -186,25 +186,32 @@ def test_named_dnssec_policy_generates_ksk_on_token(signer: Signer) -> None:
             objects = signer.pkcs11_tool("--token-label", signer.token, "--login", "--pin", pin, "-O").stdout
             assert "-ksk-" in objects, objects
         else:
-            deadline = time.monotonic() + 20
+            # BIND 9.20 logs "keystore: failed to generate PKCS#11 object ..." and
+            # "zone_rekey failure" and retries later; it does not fall back to software.
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline and named.proc.poll() is None:
-                time.sleep(0.5)
+                if "zone_rekey failure" in named.log_text():
+                    break
+                time.sleep(0.3)
+            time.sleep(1)
             log = named.log_text()
             ksks = _ksk_files(keys)
             software = {k: v for k, v in ksks.items() if "PrivateKey:" in v}
             assert not software, f"named fell back to a software KSK: {list(software)}\n{log}"
             out = dig(signer.trixie, port, ORIGIN, "DNSKEY")
             assert not answer_rrsig_tags(out, "DNSKEY"), f"zone got signed without a token KSK:\n{out}"
-            assert any(w in log.lower() for w in ("fail", "error", "not supported")), log
+            assert "failed to generate PKCS#11 object" in log, log
     if signer.shim is not None:
         check_audit(signer, 0)
 
 
+@pytest.mark.slow_card
 def test_four_signing_threads_verify_and_audit(signer: Signer) -> None:
     """Flow 5: dnssec-signzone -n 4 with every RRset signed by the token key; the zone verifies and
-    the audit log verifies and tells card work from software work."""
+    the audit log verifies and tells card work from software work. On the PIV backend the card
+    takes SLOW_CARD_MS per signature (a real card's speed), so the zone is smaller."""
     ksk = keyfromlabel(signer, "ECDSAP256SHA256", "ec")
-    zone_with_keys(signer, 300, ksk)
+    zone_with_keys(signer, 20 if signer.name.startswith("piv") else 300, ksk)
     sign(signer, ["-n", "4", "-x", "-z", "-o", ORIGIN, "-k", ksk, "zone.db"], "flow5", "signzone -n 4 -z EC")
     verify(signer, "-z")
     signed = inspect_signed(signer.trixie, ORIGIN, signer.work / "zone.db.signed")
