@@ -63,7 +63,8 @@ def core_ffi() -> FFI:
     ffi.cdef(header + struct + callbacks + "\nCK_FUNCTION_LIST *sc4_core_functions(void);\n"
              "const char *sc4_core_path(void);\n"
              "unsigned long sc4_fork_generation(void);\n"
-             "CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen);\n")
+             "CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen,"
+             " int *deepbind);\n")
     slots = ",\n    ".join(
         "sc4_core_get_function_list" if f.name in C_ONLY else f"sc4py_{f.name}" for f in FUNCTIONS
     )
@@ -75,6 +76,7 @@ def core_ffi() -> FFI:
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 #include "cryptoki.h"
 {struct}
 {prototypes}
@@ -101,11 +103,24 @@ __attribute__((constructor)) static void sc4_core_init(void)
 }}
 unsigned long sc4_fork_generation(void) {{ return fork_generation; }}
 
-/* The backend is opened RTLD_LOCAL and never RTLD_DEEPBIND: SoftHSM under
- * DEEPBIND binds glibc's allocator while BIND uses jemalloc, and crashes. */
-CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen)
+/* The backend is opened RTLD_LOCAL and not RTLD_DEEPBIND: SoftHSM under
+ * DEEPBIND binds glibc's allocator while BIND uses jemalloc, and crashes.
+ * One exception: when the consumer loaded the shim RTLD_GLOBAL, the shim's
+ * own C_* symbols are global and would interpose on the backend's internal
+ * references to its C_* functions (endless recursion); DEEPBIND is then the
+ * only way to make the backend bind to itself.  *deepbind reports it. */
+CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen,
+                       int *deepbind)
 {{
-    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    Dl_info info;
+    void *global = dlsym(RTLD_DEFAULT, "C_GetFunctionList");
+    int flags = RTLD_NOW | RTLD_LOCAL;
+    *deepbind = 0;
+    if (global && dladdr(global, &info) && info.dli_fname && strstr(info.dli_fname, "libsc4dnssec")) {{
+        flags |= RTLD_DEEPBIND;
+        *deepbind = 1;
+    }}
+    void *handle = dlopen(path, flags);
     CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR);
     if (!handle) {{
         snprintf(err, errlen, "%s", dlerror());

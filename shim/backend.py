@@ -27,11 +27,13 @@ class Backend:
             raise PKCS11Error(CKR.GENERAL_ERROR, f"backend module {path!r} does not exist")
         out = ffi.new("CK_FUNCTION_LIST_PTR *")
         err = ffi.new("char[512]")
-        rv = lib.sc4_load_backend(path.encode(), out, err, 512)
+        deepbind = ffi.new("int *")
+        rv = lib.sc4_load_backend(path.encode(), out, err, 512, deepbind)
         if rv != CKR.OK or out[0] == ffi.NULL:
             detail = ffi.string(err).decode(errors="replace") or name_of(CKR, rv)
             raise PKCS11Error(CKR.GENERAL_ERROR, f"cannot load backend {path!r}: {detail}")
         self.path = path
+        self.deepbind = bool(deepbind[0])
         self.functions = out[0]
         self.masked = masked
         self.fn: dict[str, Callable[..., int]] = {
@@ -42,7 +44,8 @@ class Backend:
         """What the audit log says about the backend: file, digest, self-description."""
         with open(self.path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        ident: dict[str, Any] = {"path": self.path, "sha256": digest, "masked": sorted(self.masked)}
+        ident: dict[str, Any] = {"path": self.path, "sha256": digest, "masked": sorted(self.masked),
+                                 "deepbind": self.deepbind}
         info = ffi.new("CK_INFO *")
         rv = self.functions.C_GetInfo(info)
         if rv == CKR.OK:

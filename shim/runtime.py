@@ -124,6 +124,10 @@ class Shim:
         except AuditUnavailable:
             # fail-closed: a call that cannot be recorded does not succeed.
             return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
+        except Exception as e:  # noqa: BLE001 - a bug in the audit path must not reach the host
+            _report(f"audit record for {call.fn} failed: {type(e).__name__}: {e}")
+            if self.config.audit_on_failure == "fail-closed":
+                return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
         return rv
 
 

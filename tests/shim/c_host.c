@@ -27,6 +27,7 @@
 
 static CK_FUNCTION_LIST *p11;
 static CK_SLOT_ID slot;
+static CK_SLOT_ID slots[16];
 static CK_OBJECT_HANDLE key;
 static int signs;
 
@@ -42,7 +43,7 @@ static int signs;
 static void setup(void)
 {
     CK_C_INITIALIZE_ARGS args = {0};
-    CK_ULONG n = 1;
+    CK_ULONG n = 16;
     CK_SESSION_HANDLE s;
     const char *pin = getenv("P11_PIN"), *label = getenv("P11_KEY_LABEL");
     CK_ULONG cls = CKO_PRIVATE_KEY;
@@ -51,7 +52,8 @@ static void setup(void)
 
     args.flags = CKF_OS_LOCKING_OK;
     CHECK(p11->C_Initialize(&args));
-    CHECK(p11->C_GetSlotList(1, &slot, &n));
+    CHECK(p11->C_GetSlotList(1, slots, &n));
+    slot = slots[0];
     CHECK(p11->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s));
     CHECK(p11->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)));
     CHECK(p11->C_FindObjectsInit(s, tmpl, 2));
@@ -124,16 +126,9 @@ int main(int argc, char **argv)
     if (getenv("P11_FORK")) {
         pid_t pid = fork();
         if (pid == 0) {
-            CK_C_INITIALIZE_ARGS args = {0};
-            CK_ULONG n = 1;
-            CK_SESSION_HANDLE s;
-            const char *pin = getenv("P11_PIN");
-            args.flags = CKF_OS_LOCKING_OK;
-            /* PKCS#11: a child must initialise again before any other call. */
-            CHECK(p11->C_Initialize(&args));
-            CHECK(p11->C_GetSlotList(1, &slot, &n));
-            CHECK(p11->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s));
-            CHECK(p11->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin)));
+            /* PKCS#11: a child must initialise again before any other call;
+             * handles from the parent are not valid any more. */
+            setup();
             run_threads(1);
             CHECK(p11->C_Finalize(NULL));
             _exit(0);
@@ -144,7 +139,6 @@ int main(int argc, char **argv)
             fprintf(stderr, "FAIL forked child status %d\n", status);
             return 2;
         }
-        signs = signs; /* parent keeps working after the child */
         run_threads(1);
     }
     CHECK(p11->C_Finalize(NULL));

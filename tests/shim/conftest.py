@@ -41,6 +41,7 @@ class ShimEnv:
         env = dict(self.env, **(extra_env or {}))
         env["P11_MODULE"] = self.card.module if direct else self.module
         env["P11_PIN"] = self.card.pin
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
         prelude = "import os\nMODULE = os.environ['P11_MODULE']\nPIN = os.environ['P11_PIN']\n"
         proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
                               capture_output=True, text=True, timeout=timeout)
