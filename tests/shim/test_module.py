@@ -14,7 +14,7 @@ from shim._build import function_list_struct
 from shim.functions import FUNCTIONS
 
 SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"
-CANARY_PIN = "Canary-PIN-7f3e9qZ"
+CANARY_PIN = "7q3Zk9Xw"  # 8 characters: PIV PINs are at most 8
 
 
 def test_every_pkcs11_function_is_an_exported_symbol(shim_env):
@@ -41,14 +41,14 @@ lib = PyKCS11.PyKCS11Lib(); lib.load(MODULE)
 slot = lib.getSlotList(tokenPresent=True)[0]
 s = lib.openSession(slot); s.login(PIN)
 out = {"info": lib.getInfo().manufacturerID.strip()}
-def find(cls, label):
-    objs = s.findObjects([(PyKCS11.CKA_CLASS, cls), (PyKCS11.CKA_LABEL, label)])
-    assert len(objs) >= 1, (cls, label)
+def find(cls, key_id):
+    objs = s.findObjects([(PyKCS11.CKA_CLASS, cls), (PyKCS11.CKA_ID, bytes.fromhex(key_id))])
+    assert len(objs) >= 1, (cls, key_id)
     return objs[0]
 data = b"example.zone. 3600 IN DNSKEY 257 3 13 ..." * 3
 import hashlib
 digest = hashlib.sha256(data).digest()
-ec_label, rsa_label = os.environ["EC_LABEL"], os.environ["RSA_LABEL"]
+ec_label, rsa_label = os.environ["EC_ID"], os.environ["RSA_ID"]
 priv = find(PyKCS11.CKO_PRIVATE_KEY, ec_label); pub = find(PyKCS11.CKO_PUBLIC_KEY, ec_label)
 sig = bytes(s.sign(priv, digest, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA)))
 params, point = s.getAttributeValue(pub, [PyKCS11.CKA_EC_PARAMS, PyKCS11.CKA_EC_POINT])
@@ -72,7 +72,7 @@ print(json.dumps(out))
 
 
 def _labels(card) -> dict[str, str]:
-    return {"EC_LABEL": card.keys["ec"].label, "RSA_LABEL": card.keys["rsa"].label}
+    return {"EC_ID": card.keys["ec"].id.hex(), "RSA_ID": card.keys["rsa"].id.hex()}
 
 
 def test_sign_through_shim_verifies_and_equals_direct(shim_env):
