@@ -132,6 +132,7 @@ class _Verifier:
         self.prev = schema.GENESIS  # what the next record's prev must be
         self.epoch_owner: dict[str, tuple[int, int, str]] = {}  # epoch -> (pid, uid, prog)
         self.pid_epoch: dict[int, str] = {}
+        self.epoch_first: dict[str, tuple[int, int]] = {}  # epoch -> (seq, line) of its first record
         self.detached = detached
         self.watch = {e["head_seq"] for e in detached} | {e["seq"] for e in detached}
         self.seen: dict[int, tuple[str, dict[str, Any]]] = {}  # watched seq -> (line hash, record)
@@ -199,9 +200,13 @@ class _Verifier:
         cur = self.pid_epoch.get(rec["pid"])
         if cur != epoch:
             if epoch in self.r.epochs:
-                raise _Fail(seq, lineno, f"epoch {epoch} of pid {rec['pid']} reappears after that pid "
-                            f"started epoch {cur} (re-chained under another epoch)")
+                # Never legitimate; the records of the interloping epoch are the suspects.
+                first = self.epoch_first[cur] if cur is not None else (seq, lineno)
+                raise _Fail(first[0], first[1], f"pid {rec['pid']} switched to epoch {cur} at seq "
+                            f"{first[0]} and back to its earlier epoch {epoch} at seq {seq} "
+                            "(re-chained under another epoch)")
             self.pid_epoch[rec["pid"]] = epoch
+            self.epoch_first[epoch] = (seq, lineno)
         kind = rec["kind"]
         if kind == "checkpoint":
             self._checkpoint(rec, lineno)
@@ -231,7 +236,7 @@ class _Verifier:
             what = "duplicate of the previous line" if schema.line_hash(body) == self.prev \
                 else "inserted or replayed record"
             raise _Fail(seq, lineno, f"seq {seq} appears again at line {lineno}: {what}")
-        if seq < want or rec["epoch"] not in self.r.epochs and rec["prev"] != self.prev:
+        if seq < want:
             raise _Fail(want, lineno, f"line {lineno} has seq {seq} of unknown epoch {rec['epoch']} "
                         f"where seq {want} belongs: record from another log (spliced)")
         later = self._find_seq(want, lines)
@@ -239,7 +244,9 @@ class _Verifier:
             raise _Fail(want, lineno, f"seq {want} is out of order: found seq {seq} in its place, "
                         f"seq {want} at line {later} (reordered)")
         missing = str(want) if seq == want + 1 else f"{want}..{seq - 1}"
-        raise _Fail(want, lineno, f"seq {missing} missing before line {lineno} (deleted or truncated)")
+        foreign = rec["epoch"] not in self.r.epochs and rec["prev"] != self.prev
+        raise _Fail(want, lineno, f"seq {missing} missing before line {lineno} (deleted or truncated"
+                    + (", or the records from here on come from another log)" if foreign else ")"))
 
     def _chain_break(self, rec: dict[str, Any], body: bytes, lineno: int, lines: _Lines) -> None:
         seq = rec["seq"]
@@ -250,11 +257,28 @@ class _Verifier:
         if nrec is not None and nrec.get("prev") != schema.line_hash(body):
             raise _Fail(seq, lineno, f"seq {seq} was modified: it neither chains to seq {seq - 1} "
                         f"nor is it chained by seq {seq + 1}")
-        if rec["epoch"] not in self.r.epochs:
-            raise _Fail(seq, lineno, f"seq {seq} starts an unknown epoch {rec['epoch']} and does not "
-                        f"chain to seq {seq - 1}: spliced from another log (or seq {seq - 1} modified)")
+        # Either seq-1 was edited, or a run of foreign records starts here.  A foreign
+        # run (a new epoch, chaining among itself) ends with a second break where the
+        # original log resumes; an edit leaves the rest of the chain intact.
+        end = self._next_break(body, lines)
+        if rec["epoch"] not in self.r.epochs and end is not None:
+            raise _Fail(seq, lineno, f"seq {seq} starts an unknown epoch {rec['epoch']} that neither "
+                        f"chains to seq {seq - 1} nor to line {end}: spliced from another log")
         raise _Fail(seq - 1, lineno - 1, f"seq {seq - 1} was modified: its hash does not match "
                     f"the prev of seq {seq}")
+
+    def _next_break(self, body: bytes, lines: _Lines) -> int | None:
+        """Line number of the next chain break after ``body`` (within the lookahead), or None."""
+        h = schema.line_hash(body)
+        for i in range(_DIAG_LOOKAHEAD):
+            item = lines.peek(i)
+            if item is None:
+                return None
+            r = schema.parse_line(item[2])
+            if r is None or r.get("prev") != h:
+                return item[0]
+            h = schema.line_hash(item[2])
+        return None
 
     def _find_seq(self, want: int, lines: _Lines) -> int | None:
         for i in range(_DIAG_LOOKAHEAD):
