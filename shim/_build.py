@@ -144,11 +144,16 @@ const char *sc4_core_path(void)
 import os, site, sys
 from {CORE_MODULE} import ffi, lib
 _root = os.path.dirname(os.path.dirname(ffi.string(lib.sc4_core_path()).decode()))
+# The venv (or prefix) that built us goes first, ahead of libpython's own
+# site-packages, so the dependencies match the ones the module was built with.
 for _p in {python_paths()!r}:
-    if os.path.isdir(_p) and _p not in sys.path:
+    if os.path.isdir(_p):
         site.addsitedir(_p)
-if _root not in sys.path:
-    sys.path.insert(0, _root)
+        sys.path.remove(_p)
+        sys.path.insert(0, _p)
+if _root in sys.path:
+    sys.path.remove(_root)
+sys.path.insert(0, _root)
 from shim import runtime
 runtime.boot(ffi, lib)
 
