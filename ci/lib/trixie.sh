@@ -251,17 +251,24 @@ trixie_provider_path() {
 trixie_openssl_cnf() {
     local module=${1:?module path} provider=${2:-$(trixie_provider_path)}
     cat <<EOF
+# smartcards4dnssec: pkcs11-provider over the shim.
+# Use ONLY as OPENSSL_CONF=<this file> for dnssec-* tools and named.
 openssl_conf = openssl_init
+
 [openssl_init]
 providers = provider_sect
+
 [provider_sect]
 default = default_sect
 pkcs11 = pkcs11_sect
+
 [default_sect]
 activate = 1
+
 [pkcs11_sect]
 module = $provider
 pkcs11-module-path = $module
+# early: with lazy loading BIND's self-check takes paths cards cannot serve
 pkcs11-module-load-behavior = early
 activate = 1
 EOF
