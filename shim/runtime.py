@@ -54,6 +54,9 @@ class Shim:
         )
         self._allow = self.config.allow_functions
         self.sessions: dict[int, Any] = {}
+        from shim.soft.state import Completion
+
+        self.soft = Completion(self)  # software completion (shim/soft/)
         self.record("load", args={"version": "%d.%d" % VERSION, "python": sys.version.split()[0],
                                   "module": _module_path(lib)})
         self.record("config", args={"source": self.config.source, "backend": self.config.backend,
@@ -105,6 +108,7 @@ class Shim:
             self.initialized = False
             self.inherited = True
         self.sessions.clear()
+        self.soft.reset()
 
     # -- policy and audit ------------------------------------------------------
     def denied(self, name: str) -> bool:

@@ -1,3 +1,3 @@
 """Handlers that override the default forwarding, one module per concern."""
 
-from shim.handlers import library, sessions  # noqa: F401
+from shim.handlers import crypto, library, mechanisms, objects, random, sessions  # noqa: F401

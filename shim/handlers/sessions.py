@@ -1,4 +1,5 @@
-"""Session bookkeeping: which slot a session belongs to, for completions."""
+"""Session bookkeeping: which slot a session belongs to, its software
+operations, and the lifetime of the shim's session objects."""
 
 from __future__ import annotations
 
@@ -6,10 +7,26 @@ from typing import TYPE_CHECKING, Any
 
 from shim.constants import CKR
 from shim.dispatch import Call, handles
-from shim.ffi import NULL
+from shim.errors import PKCS11Error
+from shim.ffi import NULL, ffi
 
 if TYPE_CHECKING:
     from shim.runtime import Shim
+
+
+def session_state(shim: Shim, h: int) -> dict[str, Any]:
+    """The shim's record of session ``h``; sessions opened before the shim saw
+    them (none normally) are adopted after asking the backend for their slot."""
+    st = shim.sessions.get(int(h))
+    if st is not None:
+        return st  # type: ignore[no-any-return]
+    info = ffi.new("CK_SESSION_INFO *")
+    rv = shim.backend.fn["C_GetSessionInfo"](h, info)
+    if rv != CKR.OK:
+        raise PKCS11Error(rv, "unknown session")
+    st = {"slot": int(info.slotID)}
+    shim.sessions[int(h)] = st
+    return st
 
 
 @handles("C_OpenSession")
@@ -18,6 +35,8 @@ def open_session(shim: Shim, call: Call, slot: int, flags: int, app: Any, notify
     if rv == CKR.OK and ph != NULL:
         handle = int(ph[0])
         call.args["opened"] = handle
+        # A reused handle number (after C_Finalize) must not inherit old objects.
+        shim.soft.objects.drop_session(handle)
         shim.sessions[handle] = {"slot": int(slot)}
     return int(rv)
 
@@ -27,6 +46,9 @@ def close_session(shim: Shim, call: Call, h: int) -> int:
     rv = shim.backend.fn["C_CloseSession"](h)
     if rv in (CKR.OK, CKR.SESSION_HANDLE_INVALID, CKR.SESSION_CLOSED):
         shim.sessions.pop(int(h), None)
+        dropped = shim.soft.objects.drop_session(int(h))
+        if dropped:
+            call.args["objects_destroyed"] = dropped
     return int(rv)
 
 
@@ -36,23 +58,5 @@ def close_all(shim: Shim, call: Call, slot: int) -> int:
     if rv == CKR.OK:
         for h in [h for h, s in shim.sessions.items() if s.get("slot") == int(slot)]:
             del shim.sessions[h]
-    return int(rv)
-
-
-@handles("C_FindObjects")
-def find_objects(shim: Shim, call: Call, h: int, ph: Any, max_count: int, pcount: Any) -> int:
-    rv = shim.backend.fn["C_FindObjects"](h, ph, max_count, pcount)
-    if rv == CKR.OK and pcount != NULL and ph != NULL:
-        call.args["found"] = [int(ph[i]) for i in range(min(int(pcount[0]), 16))]
-    return int(rv)
-
-
-@handles("C_Sign", "C_SignFinal")
-def sign(shim: Shim, call: Call, h: int, *args: Any) -> int:
-    rv = shim.backend.fn[call.fn](h, *args)
-    plen = args[-1]
-    if rv == CKR.OK and plen != NULL:
-        call.args["signature_len"] = int(plen[0])
-        if args[-2] != NULL:
-            call.src = "card"
+        shim.soft.objects.drop_slot(int(slot))
     return int(rv)
