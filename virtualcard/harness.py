@@ -184,9 +184,16 @@ class Harness:
             old.unlink()
         for i in range(entries):
             port = self.base_port + 2 * i
+            driver = VPCD_DRIVER
+            if i:
+                # vpcd keeps its two reader contexts in globals: a second config entry with the
+                # same LIBPATH shares them (both entries end up on the last ports).  A copy of
+                # the driver under another name is dlopen'ed as a separate instance.
+                driver = str(self.run_dir / f"libifdvpcd-{i}.so")
+                shutil.copyfile(VPCD_DRIVER, driver)
             (conf / f"vpcd{i}").write_text(
                 f'FRIENDLYNAME "{self._friendly(i)}"\nDEVICENAME /dev/null:{port}\n'
-                f"LIBPATH {VPCD_DRIVER}\nCHANNELID {port}\n"
+                f"LIBPATH {driver}\nCHANNELID {port}\n"
             )
         unshare = ["unshare", "-m", "--propagation", "private"]
         if os.geteuid() != 0:
@@ -259,9 +266,25 @@ class Harness:
         self._wait(lambda s: f"{name} {present}" in s, timeout,
                    f"card in {name} not {'present' if present else 'absent'}")
 
+    def opensc_conf_for(self, reader: int) -> Path:
+        """An OPENSC_CONF that hides every other virtual reader from OpenSC.
+
+        Every OpenSC process binds the card in every reader it sees, and waits for that card's
+        PC/SC transaction; processes that each sign on "their" card but see all readers
+        therefore serialise on each other.  A signer pinned to one reader does not.
+        """
+        others = [self.reader_name(r) for r in range(self.readers) if r != reader]
+        path = self.run_dir / f"opensc-reader{reader}.conf"
+        body = ", ".join(f'"{name}"' for name in others)
+        path.write_text(f"app default {{\n  ignored_readers = {body};\n}}\n")
+        return path
+
     # -- cards -------------------------------------------------------------------------
     def free_reader(self) -> int:
-        for r in range(self.readers):
+        """First free reader, one per vpcd instance first: pcscd serialises the two slots of one
+        vpcd instance (one multi-slot reader, one mutex), so cards that should work in parallel
+        belong in different instances (even reader numbers), like two USB readers."""
+        for r in sorted(range(self.readers), key=lambda r: (r % 2, r)):
             if r not in self.cards:
                 return r
         raise HarnessError(f"all {self.readers} readers hold a card")

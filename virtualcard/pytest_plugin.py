@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,10 @@ class VirtualCard:
             self.harness.stop_card(self.reader)
             self._stopped = True
 
+    def isolated_env(self) -> dict[str, str]:
+        """Subprocess env whose OpenSC sees only this card's reader (see Harness.opensc_conf_for)."""
+        return {**self.info.subprocess_env(), "OPENSC_CONF": str(self.harness.opensc_conf_for(self.reader))}
+
     @property
     def state(self) -> CardState:
         return CardState(self.state_dir)
@@ -155,7 +160,15 @@ def start_virtual_card(harness: Harness, state_dir: Path, latency_ms: float | No
         provision_defaults(state)
     proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
     module = opensc_module()
-    label, keys, reader = discover_keys(module, harness.env, f"virtualcard-{state.counters.serial}")
+    deadline = time.monotonic() + 10
+    while True:  # pcscd reports the card before OpenSC can always bind it
+        try:
+            label, keys, reader = discover_keys(module, harness.env, f"virtualcard-{state.counters.serial}")
+            break
+        except LookupError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     info = CardInfo(kind="virtual", module=module, pin=state.counters.pin, token_label=label, keys=keys,
                     env=dict(harness.env), writable=False, can_generate=False, reader=reader)
     return VirtualCard(harness, proc.reader, state_dir, info)
@@ -168,7 +181,10 @@ def card_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def virtual_harness() -> Iterator[Harness]:
-    """The session's private pcscd with 4 vpcd readers, whatever --card says.
+    """The session's private pcscd with 4 vpcd readers (2 vpcd instances), whatever --card says.
+
+    4, because OpenSC's PKCS#11 module shows only the first 4 readers (max_virtual_slots 16 /
+    slots_per_card 4).
 
     Its PCSCLITE_CSOCK_NAME goes into os.environ for the session (pcsc-lite reads it once per
     process), so in-process PyKCS11 over opensc-pkcs11.so sees these readers.
