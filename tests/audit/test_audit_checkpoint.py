@@ -93,7 +93,8 @@ def test_rewritten_chain_is_caught_only_with_the_key(checkpointed: Path, keys: t
     assert not r.ok and "rewritten" in (r.reason or "")
 
 
-def test_truncation_before_the_last_checkpoint_is_detected(checkpointed: Path, keys: tuple[Path, Path]) -> None:
+def test_truncation_before_the_last_checkpoint_is_detected(checkpointed: Path,
+                                                           keys: tuple[Path, Path]) -> None:
     lines = read_lines(checkpointed)
     write_lines(checkpointed, lines[:24])  # cut inside the span covered by the checkpoint at seq 27
     out = run_cli("verify", str(checkpointed), "--key", str(keys[1]))

@@ -49,7 +49,8 @@ def _fill(w: AuditWriter, limit: int = 1000) -> int:
     raise AssertionError("the tiny filesystem never filled up")
 
 
-def test_fail_closed_raises_and_loses_nothing_written(tiny_fs: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_fail_closed_raises_and_loses_nothing_written(tiny_fs: Path,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
     log = tiny_fs / "audit.jsonl"
     w = AuditWriter(str(log), on_failure="fail-closed", fsync="always")
     written = _fill(w)
@@ -68,7 +69,8 @@ def test_fail_closed_raises_and_loses_nothing_written(tiny_fs: Path, capfd: pyte
     assert r.ok and r.records == written + 1 and r.lost_records == 0
 
 
-def test_fail_open_writes_a_gap_record_with_the_count(tiny_fs: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_fail_open_writes_a_gap_record_with_the_count(tiny_fs: Path,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
     log = tiny_fs / "audit.jsonl"
     w = AuditWriter(str(log), on_failure="fail-open")
     written = _fill(w)

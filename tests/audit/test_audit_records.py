@@ -53,7 +53,7 @@ def test_writer_rejects_unknown_kind_and_src(log: Path) -> None:
 
 def test_unserialisable_args_keep_the_record(log: Path) -> None:
     w = AuditWriter(str(log))
-    w.write("call", fn="C_Sign", args={("tuple", "key"): 1})
+    w.write("call", fn="C_Sign", args={("tuple", "key"): 1})  # type: ignore[dict-item]
     w.write("call", fn="C_Sign", args={"obj": object(), "data": b"\x01\x02"})
     w.close()
     lines = read_lines(log)
@@ -98,7 +98,8 @@ def test_planted_pin_never_reaches_file_syslog_or_output(log: Path, syslog_sock:
     assert rec(read_lines(log)[0])["args"]["session"] == 1 and b'"label":"zsk"' in data
     datagrams = [sock.recv(65536), sock.recv(65536)]
     assert all(CANARY.encode() not in d for d in datagrams)
-    outputs = [run_cli("show", str(log)), run_cli("show", "--json", str(log)), run_cli("verify", "-v", str(log))]
+    outputs = [run_cli("show", str(log)), run_cli("show", "--json", str(log)),
+               run_cli("verify", "-v", str(log))]
     captured = capfd.readouterr()
     for text in [o.stdout + o.stderr for o in outputs] + [captured.out, captured.err]:
         assert CANARY not in text
