@@ -13,6 +13,8 @@ Rules, checked in one streaming pass (the first violation stops the pass):
    epoch share pid, uid and prog; and once a pid has moved on to a new epoch
    (fork, reopen), its earlier epoch never reappears.  A record moved into
    another process's epoch is named even when the chain was recomputed.
+   Consequences for deployment: one AuditWriter per file per process, and one
+   file is not shared by processes of different PID namespaces.
 5. ``checkpoint`` records name the head they follow (``head_seq`` = seq-1,
    ``head_sha256`` = prev); with a key, every signature must verify.  Entries
    of the detached checkpoint file must still match the log (same hash at
