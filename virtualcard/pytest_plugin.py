@@ -180,7 +180,7 @@ def card_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def virtual_harness() -> Iterator[Harness]:
+def virtual_harness(card_kind: str) -> Iterator[Harness]:
     """The session's private pcscd with 4 vpcd readers (2 vpcd instances), whatever --card says.
 
     4, because OpenSC's PKCS#11 module shows only the first 4 readers (max_virtual_slots 16 /
@@ -189,6 +189,9 @@ def virtual_harness() -> Iterator[Harness]:
     Its PCSCLITE_CSOCK_NAME goes into os.environ for the session (pcsc-lite reads it once per
     process), so in-process PyKCS11 over opensc-pkcs11.so sees these readers.
     """
+    if card_kind == "opensc":
+        # pcsc-lite picks its socket once per process: the real reader's pcscd wins
+        pytest.skip("virtual cards are not started with --card=opensc (one pcscd per process)")
     if os.environ.get("PCSCLITE_CSOCK_NAME") and "vcard-" not in os.environ["PCSCLITE_CSOCK_NAME"]:
         pytest.skip("PCSCLITE_CSOCK_NAME already points at another pcscd")
     run = Path(tempfile.mkdtemp(prefix="vcard-"))  # short: AF_UNIX paths are limited to 108 bytes
