@@ -19,6 +19,7 @@ from shim.errors import PKCS11Error
 
 HASHES: dict[int, str] = {
     CKM.MD5: "md5",
+    CKM.RIPEMD160: "ripemd160",
     CKM.SHA_1: "sha1",
     CKM.SHA224: "sha224",
     CKM.SHA256: "sha256",

@@ -181,7 +181,11 @@ def shim(masked_token: tuple[dict[str, str], Keys], tmp_path: Path) -> Iterator[
 
 
 # Shared client prelude: open a session, log in, find keys by label.
-CLIENT = """
+CLIENT = f"""
+import sys, ctypes
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+import rawp11
+""" + """
 import PyKCS11
 from PyKCS11 import *
 lib = PyKCS11.PyKCS11Lib(); lib.load(MODULE)
@@ -198,4 +202,8 @@ def rv_of(fn, *a):
         return 0
     except PyKCS11.PyKCS11Error as e:
         return e.value
+_, F = rawp11.load(MODULE)  # the same loaded module, for functions PyKCS11 does not wrap
+U = ctypes.c_ulong
+def h(x):
+    return int(x.value()) if hasattr(x, "value") else int(x)
 """
