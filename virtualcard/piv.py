@@ -22,7 +22,6 @@ from . import profiles as P
 from .apdu import (
     SW_AUTH_BLOCKED,
     SW_CONDITIONS,
-    SW_FUNC_NOT_SUPPORTED,
     SW_INCORRECT_P1P2,
     SW_INS_NOT_SUPPORTED,
     SW_NOT_FOUND,

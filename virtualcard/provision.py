@@ -34,7 +34,7 @@ def make_key(spec: str) -> PrivateKey:
 
 def self_signed(key: PrivateKey, common_name: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     is_ec = isinstance(key, ec.EllipticCurvePrivateKey)
     usage = x509.KeyUsage(
         digital_signature=True,
