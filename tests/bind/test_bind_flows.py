@@ -222,3 +222,41 @@ def test_openssl_cnf_generator_matches_the_shim(trixie, shim) -> None:  # type: 
     ours = trixie.openssl_cnf(shim.module)
     theirs = trixie.run([shim.cli, "openssl-cnf", "--module", shim.module, "--provider", provider]).stdout
     assert ours == theirs
+
+
+def test_named_dnssec_policy_uses_premade_token_ksk(signer: Signer) -> None:
+    """named signs with a KSK that already lives on the token (made by the card's own tools, imported
+    with dnssec-keyfromlabel) under dnssec-policy: the deployment for cards that cannot generate
+    keys through PKCS#11. named must use that key, not make a new KSK."""
+    keys = signer.work / "keys"
+    keys.mkdir()
+    res = signer.run(["dnssec-keyfromlabel", "-K", keys, "-l", signer.uri("ec"), "-a", "ECDSAP256SHA256",
+                      "-f", "KSK", ORIGIN], signing=True)
+    ksk = res.stdout.strip().splitlines()[-1]
+    write_zone(signer.work / "policy.db", ORIGIN, 50)
+    port = free_port()
+    conf = named_conf(signer.work, port, f"""
+dnssec-policy "card" {{
+    keys {{
+        ksk key-directory lifetime unlimited algorithm ecdsap256sha256;
+        zsk key-directory lifetime unlimited algorithm ecdsap256sha256;
+    }};
+}};
+zone "{ORIGIN}" {{
+    type primary;
+    file "{signer.work}/policy.db";
+    dnssec-policy "card";
+    inline-signing yes;
+    key-directory "{keys}";
+}};
+""")
+    with Named(signer.trixie, conf, signer.sign_env, signer.work / "named.log") as named:
+        out, waited = named.wait_for(port, ORIGIN, "DNSKEY", "DNSKEY")
+        record_time(f"premade[{signer.name}]", "named with card KSK, first answer", waited)
+        assert answer_rrsig_tags(out, "DNSKEY") and key_tag(ksk) in answer_rrsig_tags(out, "DNSKEY"), (
+            f"{out}\n{named.log_text()}"
+        )
+        ksks = _ksk_files(keys)
+        assert list(ksks) == [ksk], f"named made another KSK: {list(ksks)}\n{named.log_text()}"
+    if signer.shim is not None:
+        check_audit(signer, 1)
