@@ -558,6 +558,13 @@ class CKA(enum.IntEnum):
     SUPPORTED_CMS_ATTRIBUTES = 0x503
 
 
+    # Array-valued attributes (CKF_ARRAY_ATTRIBUTE 0x40000000 | n): p11-kit's header lacks them.
+    WRAP_TEMPLATE = 0x40000211
+    UNWRAP_TEMPLATE = 0x40000212
+    DERIVE_TEMPLATE = 0x40000213
+    ALLOWED_MECHANISMS = 0x40000600
+
+
 class CKO(enum.IntEnum):
     """Object classes."""
     DATA = 0x0

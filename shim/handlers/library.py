@@ -66,6 +66,7 @@ def finalize(shim: Shim, call: Call, p_reserved: Any) -> int:
         rv = shim.backend.fn["C_Finalize"](NULL)
         shim.initialized = False
         shim.sessions.clear()
+        shim.soft.reset()  # session objects, capability caches: a new C_Initialize starts clean
         return int(rv)
 
 

@@ -31,15 +31,19 @@ def missing_public_keys(fn: Fn, session: int) -> tuple[int, list[tuple[int, dict
     privs = find(fn, session, {CKA.CLASS: ulong(CKO.PRIVATE_KEY)})
     if not privs:
         return 0, []
+    # BIND 9.16 and libp11 look the public key up by the private key's LABEL
+    # (and ID); OpenSC's PIV driver labels them differently ("PIV AUTH key" vs
+    # "PIV AUTH pubkey"), so a public key only counts if both match.
     pub_ids = set()
     for h in find(fn, session, {CKA.CLASS: ulong(CKO.PUBLIC_KEY)}):
-        pub_ids.add(read_attributes(fn, session, h, (CKA.ID,)).get(CKA.ID))
+        pa = read_attributes(fn, session, h, (CKA.ID, CKA.LABEL))
+        pub_ids.add((pa.get(CKA.ID), pa.get(CKA.LABEL, b"")))
     out = []
     certs: dict[bytes, bytes] | None = None
     for h in privs:
         a = read_attributes(fn, session, h, _PRIV_ATTRS)
         kid = a.get(CKA.ID, b"")
-        if kid in pub_ids:
+        if (kid, a.get(CKA.LABEL, b"")) in pub_ids:
             continue
         pub = _from_private(a)
         if pub is None:
