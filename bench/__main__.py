@@ -1,0 +1,132 @@
+"""python -m bench [--quick] [--only percall,startup,card,bind,profile] [--out BENCHMARKS.md]"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import driver, machine, report
+from bench.modules import ways
+
+SECTIONS = ("percall", "threads", "startup", "card", "bind", "profile")
+
+
+@dataclass(frozen=True)
+class Plan:
+    reps: int
+    n_sign: int
+    n_info: int
+    thread_reps: int
+    startup_reps: int
+    card_reps: int
+    card_sigs: int
+    bind_reps: int
+    bind_big: bool  # also 10,000 names
+
+
+FULL = Plan(reps=5, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=11, card_reps=3, card_sigs=20,
+            bind_reps=3, bind_big=True)
+QUICK = Plan(reps=3, n_sign=500, n_info=5000, thread_reps=1, startup_reps=5, card_reps=1, card_sigs=6,
+             bind_reps=1, bind_big=False)
+CARD_LATENCY_MS = 100.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller counts, one BIND zone size (~2 min)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {','.join(SECTIONS)}")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "BENCHMARKS.md"))
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = p.parse_args(argv)
+    only = set(a.only.split(","))
+    plan = QUICK if a.quick else FULL
+    work = Path(tempfile.mkdtemp(prefix="sc4bench-"))
+    r = report.Report(plan=plan, quick=a.quick, machine=machine.describe(), load_start=machine.load())
+    t_start = time.monotonic()
+
+    def section(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+        if name not in only:
+            return
+        t0 = time.monotonic()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - one broken section must not lose the others
+            traceback.print_exc()
+            r.errors[name] = f"{type(e).__name__}: {str(e)[-1500:]}"
+        r.durations[name] = time.monotonic() - t0
+        print(f"[bench] {name} done in {r.durations[name]:.0f} s", file=sys.stderr, flush=True)
+
+    try:
+        from virtualcard.pytest_plugin import make_softhsm
+
+        hsm = make_softhsm(work / "softhsm", cardlike=False)
+        exe = driver.build(work)
+        w = ways(hsm.module, hsm.env, work, "softhsm")
+
+        def percall() -> None:
+            from bench.percall import per_call
+
+            r.percall = per_call(w, hsm.pin, plan.reps, plan.n_sign, plan.n_info)
+            r.audit_note = report.verify_audit(work / "audit-softhsm.jsonl")
+
+        def threads() -> None:
+            from bench.percall import thread_scaling
+
+            r.threads = thread_scaling(exe, w, hsm.pin, plan.thread_reps, plan.n_sign * 2, plan.n_info * 4)
+
+        def startup() -> None:
+            from bench.startup import startup as run
+
+            r.startup = run(exe, w, plan.startup_reps)
+
+        def card() -> None:
+            from bench.card import card_rate, virtual_card
+
+            with virtual_card(CARD_LATENCY_MS) as c:
+                r.card = card_rate(exe, c, work / "audit-card.jsonl", plan.card_reps, plan.card_sigs)
+            r.card_latency_ms = CARD_LATENCY_MS
+
+        def bind() -> None:
+            from bench import bind as b
+
+            s = b.setup(work / "bind")
+            r.bind_versions = s.versions
+            for threads_ in (1, 4):
+                r.bind.append(b.bind_runs(s, 1000, threads_, plan.bind_reps))
+            r.bind_audit = b.audit_check(s, 1000, 4)
+            if plan.bind_big:
+                r.bind.append(b.bind_runs(s, 10000, 1, plan.bind_reps))
+
+        def profile() -> None:
+            from bench.profile import profile as prof
+
+            r.profiles = {op: prof(w["shim"], hsm.pin, op, n, work)
+                          for op, n in (("sign", plan.n_sign), ("sessioninfo", plan.n_info))}
+
+        section("percall", percall)
+        section("threads", threads)
+        section("startup", startup)
+        section("card", card)
+        section("bind", bind)
+        section("profile", profile)
+    finally:
+        r.total_s = time.monotonic() - t_start
+        r.load_end = machine.load()
+        report.write(r, Path(a.out))
+        print(f"[bench] wrote {a.out} ({r.total_s:.0f} s)", file=sys.stderr)
+        if a.keep:
+            print(f"[bench] work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 1 if r.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""(4) start-up: load the module, C_Initialize, C_GetSlotList, in a fresh C process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench import driver
+from bench.modules import Way
+from bench.stats import interleaved, median
+
+
+def startup(exe: Path, ways: dict[str, Way], reps: int) -> dict[str, dict[str, float]]:
+    """Median in-process time (dlopen .. second C_GetSlotList) and whole-process wall time, in ms."""
+    def sample(w: str) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        r = driver.run(exe, ["startup", ways[w].module], ways[w].env)
+        return float(r["startup_us"]) / 1000, (time.perf_counter() - t0) * 1000
+
+    raw = interleaved(reps, ("direct", "shim"), sample)
+    return {w: {"in_process_ms": median([s[0] for s in v]), "process_ms": median([s[1] for s in v])}
+            for w, v in raw.items()}
