@@ -37,8 +37,9 @@ class CardInfo:
 _EC_BITS = {256: "secp256r1", 384: "secp384r1", 521: "secp521r1"}
 
 
-def discover_keys(module: str, env: dict[str, str], token_label: str | None = None,
-                  pin: str | None = None) -> tuple[str, dict[str, KeyInfo], str]:
+def discover_keys(
+    module: str, env: dict[str, str], token_label: str | None = None, pin: str | None = None
+) -> tuple[str, dict[str, KeyInfo], str]:
     """List a token with ``pkcs11-tool`` and pick the first EC and the first RSA key pair.
 
     Returns (token label, {"ec": ..., "rsa": ...}, slot description).  Public key objects are

@@ -1,11 +1,11 @@
 """``virtualcard``: run a virtual PIV card behind a private pcscd from the shell.
 
-    eval "$(virtualcard up ~/.cache/vcard)"     # provision if new, start pcscd + card, print exports
-    pkcs11-tool --module "$SC4DNSSEC_BACKEND" -L
-    virtualcard remove ~/.cache/vcard          # pull the card out (pcscd stays)
-    virtualcard insert ~/.cache/vcard
-    virtualcard status ~/.cache/vcard
-    virtualcard down ~/.cache/vcard            # stop card and pcscd (state stays)
+eval "$(virtualcard up ~/.cache/vcard)"     # provision if new, start pcscd + card, print exports
+pkcs11-tool --module "$SC4DNSSEC_BACKEND" -L
+virtualcard remove ~/.cache/vcard          # pull the card out (pcscd stays)
+virtualcard insert ~/.cache/vcard
+virtualcard status ~/.cache/vcard
+virtualcard down ~/.cache/vcard            # stop card and pcscd (state stays)
 """
 
 from __future__ import annotations
@@ -115,18 +115,25 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"{state_dir}: no card")
         return 1
     c = state.counters
-    print(f"card serial {c.serial} profile {c.profile}; PIN tries left {c.pin_tries_left}/{c.pin_retries}, "
-          f"PUK {c.puk_tries_left}/{c.puk_retries}; keys in {', '.join(f'{s:02X}' for s in state.slots_with_keys())}")
+    slots = ", ".join(f"{s:02X}" for s in state.slots_with_keys())
+    print(
+        f"card serial {c.serial} profile {c.profile}; PIN tries left {c.pin_tries_left}/{c.pin_retries}, "
+        f"PUK {c.puk_tries_left}/{c.puk_retries}; keys in {slots}"
+    )
     run = state_dir / RUN
     if not (run / "harness.json").exists():
         print("down")
         return 0
     h = Harness.load(run)
-    print(f"pcscd pid {h.pcscd_pid} {'running' if h.running else 'DEAD'}; PCSCLITE_CSOCK_NAME={h.socket_path}")
+    print(
+        f"pcscd pid {h.pcscd_pid} {'running' if h.running else 'DEAD'}; PCSCLITE_CSOCK_NAME={h.socket_path}"
+    )
     for r, card in sorted(h.cards.items()):
         alive = pid_alive(card.pid, "virtualcard.vpcd")
-        print(f"reader {r} ({h.reader_name(r)}, port {card.port}): card pid {card.pid} "
-              f"{'running' if alive else 'DEAD'}, {'inserted' if card.inserted else 'removed'}")
+        print(
+            f"reader {r} ({h.reader_name(r)}, port {card.port}): card pid {card.pid} "
+            f"{'running' if alive else 'DEAD'}, {'inserted' if card.inserted else 'removed'}"
+        )
     if h.running:
         for name, present in h.reader_status().items():
             print(f"  pcscd: {name}: {'card' if present else 'empty'}")
@@ -134,8 +141,9 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="virtualcard", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="virtualcard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def add(name: str, fn, help: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]

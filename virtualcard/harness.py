@@ -202,7 +202,10 @@ class Harness:
         log = open(self.run_dir / "pcscd.log", "ab")
         proc = subprocess.Popen(
             [*unshare, "sh", "-c", inner],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         log.close()
         self.pcscd_pid = proc.pid
@@ -215,8 +218,11 @@ class Harness:
                 raise HarnessError("pcscd did not create its socket")
             time.sleep(0.02)
         # the readers appear once the vpcd driver is loaded
-        self._wait(lambda s: all(self.reader_name(r) in s for r in range(self.readers)), timeout,
-                   "vpcd readers did not appear")
+        self._wait(
+            lambda s: all(self.reader_name(r) in s for r in range(self.readers)),
+            timeout,
+            "vpcd readers did not appear",
+        )
         self.save()
 
     def stop(self) -> None:
@@ -263,8 +269,11 @@ class Harness:
 
     def wait_present(self, reader: int, present: bool = True, timeout: float = 15.0) -> None:
         name = self.reader_name(reader)
-        self._wait(lambda s: f"{name} {present}" in s, timeout,
-                   f"card in {name} not {'present' if present else 'absent'}")
+        self._wait(
+            lambda s: f"{name} {present}" in s,
+            timeout,
+            f"card in {name} not {'present' if present else 'absent'}",
+        )
 
     def opensc_conf_for(self, reader: int) -> Path:
         """An OPENSC_CONF that hides every other virtual reader from OpenSC.
@@ -313,8 +322,9 @@ class Harness:
             cmd.append("-v")
         env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         log = open(self.run_dir / f"card{reader}.log", "ab")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+        )
         log.close()
         card = CardProc(reader, port, proc.pid, str(state_dir), True, latency_ms, profile)
         self.cards[reader] = card

@@ -53,9 +53,20 @@ KEY_MGMT = 0x9B
 PIN_REF = 0x80
 PUK_REF = 0x81
 INS_NAMES = {
-    0xA4: "SELECT", 0xCB: "GET DATA", 0xDB: "PUT DATA", 0x20: "VERIFY", 0x24: "CHANGE REF",
-    0x2C: "RESET RETRY", 0x87: "GENERAL AUTH", 0x47: "GENERATE", 0xC0: "GET RESPONSE",
-    0xFD: "YK VERSION", 0xF8: "YK SERIAL", 0xFF: "YK SET MGMKEY", 0xFE: "YK IMPORT", 0xFB: "YK RESET",
+    0xA4: "SELECT",
+    0xCB: "GET DATA",
+    0xDB: "PUT DATA",
+    0x20: "VERIFY",
+    0x24: "CHANGE REF",
+    0x2C: "RESET RETRY",
+    0x87: "GENERAL AUTH",
+    0x47: "GENERATE",
+    0xC0: "GET RESPONSE",
+    0xFD: "YK VERSION",
+    0xF8: "YK SERIAL",
+    0xFF: "YK SET MGMKEY",
+    0xFE: "YK IMPORT",
+    0xFB: "YK RESET",
 }
 
 
@@ -91,8 +102,13 @@ def _alg_of(key: PrivateKey) -> int:
     return {1024: P.ALG_RSA1024, 2048: P.ALG_RSA2048, 3072: P.ALG_RSA3072}[key.key_size]
 
 
-_PREHASH = {20: hashes.SHA1(), 28: hashes.SHA224(), 32: hashes.SHA256(), 48: hashes.SHA384(),
-            64: hashes.SHA512()}
+_PREHASH = {
+    20: hashes.SHA1(),
+    28: hashes.SHA224(),
+    32: hashes.SHA256(),
+    48: hashes.SHA384(),
+    64: hashes.SHA512(),
+}
 
 
 class PIVCard:
@@ -502,4 +518,3 @@ class PIVCard:
         self._keys.clear()
         self.reset()
         return b""
-

@@ -34,9 +34,7 @@ RETIRED_SLOTS = tuple(range(0x82, 0x96))
 class Profile:
     name: str
     slots: tuple[int, ...] = STANDARD_SLOTS + RETIRED_SLOTS
-    algorithms: frozenset[int] = frozenset(
-        {ALG_RSA1024, ALG_RSA2048, ALG_RSA3072, ALG_ECCP256, ALG_ECCP384}
-    )
+    algorithms: frozenset[int] = frozenset({ALG_RSA1024, ALG_RSA2048, ALG_RSA3072, ALG_ECCP256, ALG_ECCP384})
     pin_min: int = 6
     pin_max: int = 8
     pin_retries: int = 3

@@ -60,7 +60,9 @@ def self_signed(key: PrivateKey, common_name: str) -> x509.Certificate:
     )
 
 
-def provision_slot(state: CardState, slot: int, spec: str, common_name: str | None = None) -> x509.Certificate:
+def provision_slot(
+    state: CardState, slot: int, spec: str, common_name: str | None = None
+) -> x509.Certificate:
     key = make_key(spec)
     cert = self_signed(key, common_name or f"virtualcard slot {slot:02X}")
     state.put_key(slot, key)

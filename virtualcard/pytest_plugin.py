@@ -46,35 +46,72 @@ SO_PIN = "12345678"
 CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
 # What cheap cards (seen through their PKCS#11 module) lack; the shim completes these.
 CARDLIKE_MASK_FUNCTIONS = [
-    "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal", "C_VerifyRecoverInit", "C_VerifyRecover",
-    "C_CreateObject", "C_CopyObject",
-    "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestKey", "C_DigestFinal",
-    "C_GenerateRandom", "C_SeedRandom", "C_GetOperationState", "C_SetOperationState",
-    "C_SignUpdate", "C_SignFinal",
+    "C_VerifyInit",
+    "C_Verify",
+    "C_VerifyUpdate",
+    "C_VerifyFinal",
+    "C_VerifyRecoverInit",
+    "C_VerifyRecover",
+    "C_CreateObject",
+    "C_CopyObject",
+    "C_DigestInit",
+    "C_Digest",
+    "C_DigestUpdate",
+    "C_DigestKey",
+    "C_DigestFinal",
+    "C_GenerateRandom",
+    "C_SeedRandom",
+    "C_GetOperationState",
+    "C_SetOperationState",
+    "C_SignUpdate",
+    "C_SignFinal",
 ]
 # Hash-and-sign and digest mechanisms: already absent via slots.mechanisms, masked again so
 # the shim's view matches even if a SoftHSM build ignores that setting.
 CARDLIKE_MASK_MECHANISMS = [
-    "CKM_SHA_1", "CKM_SHA256", "CKM_SHA384", "CKM_SHA512",
-    "CKM_ECDSA_SHA1", "CKM_ECDSA_SHA256", "CKM_ECDSA_SHA384", "CKM_ECDSA_SHA512",
-    "CKM_SHA1_RSA_PKCS", "CKM_SHA256_RSA_PKCS", "CKM_SHA384_RSA_PKCS", "CKM_SHA512_RSA_PKCS",
+    "CKM_SHA_1",
+    "CKM_SHA256",
+    "CKM_SHA384",
+    "CKM_SHA512",
+    "CKM_ECDSA_SHA1",
+    "CKM_ECDSA_SHA256",
+    "CKM_ECDSA_SHA384",
+    "CKM_ECDSA_SHA512",
+    "CKM_SHA1_RSA_PKCS",
+    "CKM_SHA256_RSA_PKCS",
+    "CKM_SHA384_RSA_PKCS",
+    "CKM_SHA512_RSA_PKCS",
 ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("virtualcard", "card under test")
-    g.addoption("--card", choices=KINDS, default=os.environ.get("SC4DNSSEC_CARD", "softhsm"),
-                help="token the tests run against (default softhsm; env SC4DNSSEC_CARD)")
-    g.addoption("--card-destructive", action="store_true", default=False,
-                help="allow tests that change a real card (PIN counters, keys) with --card=opensc")
-    g.addoption("--card-latency-ms", type=float, default=None,
-                help="virtual card: delay per private-key operation")
-    g.addoption("--card-pin", default=os.environ.get("SC4DNSSEC_CARD_PIN", TEST_PIN),
-                help="user PIN of a real card (--card=opensc)")
+    g.addoption(
+        "--card",
+        choices=KINDS,
+        default=os.environ.get("SC4DNSSEC_CARD", "softhsm"),
+        help="token the tests run against (default softhsm; env SC4DNSSEC_CARD)",
+    )
+    g.addoption(
+        "--card-destructive",
+        action="store_true",
+        default=False,
+        help="allow tests that change a real card (PIN counters, keys) with --card=opensc",
+    )
+    g.addoption(
+        "--card-latency-ms", type=float, default=None, help="virtual card: delay per private-key operation"
+    )
+    g.addoption(
+        "--card-pin",
+        default=os.environ.get("SC4DNSSEC_CARD_PIN", TEST_PIN),
+        help="user PIN of a real card (--card=opensc)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "card_destructive: changes the card (needs --card-destructive on a real card)")
+    config.addinivalue_line(
+        "markers", "card_destructive: changes the card (needs --card-destructive on a real card)"
+    )
 
 
 # -- SoftHSM ----------------------------------------------------------------------------
@@ -94,31 +131,75 @@ def make_softhsm(directory: Path, cardlike: bool) -> CardInfo:
     tokens = directory / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     conf = directory / "softhsm2.conf"
-    lines = [f"directories.tokendir = {tokens}", "objectstore.backend = file", "log.level = ERROR",
-             "slots.removable = false"]
+    lines = [
+        f"directories.tokendir = {tokens}",
+        "objectstore.backend = file",
+        "log.level = ERROR",
+        "slots.removable = false",
+    ]
     if cardlike:
         lines.append(f"slots.mechanisms = {CARDLIKE_MECHANISMS}")
     conf.write_text("\n".join(lines) + "\n")
     env = {"SOFTHSM2_CONF": str(conf)}
     full = {**os.environ, **env}
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", SOFTHSM_LABEL,
-                    "--pin", TEST_PIN, "--so-pin", SO_PIN], env=full, check=True, capture_output=True)
+    subprocess.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            SOFTHSM_LABEL,
+            "--pin",
+            TEST_PIN,
+            "--so-pin",
+            SO_PIN,
+        ],
+        env=full,
+        check=True,
+        capture_output=True,
+    )
     keys = {
         "ec": KeyInfo("ecc256key", b"\x01", "EC", curve="secp256r1"),
         "rsa": KeyInfo("rsa2048key", b"\x02", "RSA", bits=2048),
     }
     for key, spec in ((keys["ec"], "EC:prime256v1"), (keys["rsa"], "rsa:2048")):
-        subprocess.run(["pkcs11-tool", "--module", module, "--token-label", SOFTHSM_LABEL, "--login",
-                        "--pin", TEST_PIN, "--keypairgen", "--key-type", spec, "--label", key.label,
-                        "--id", key.id.hex()], env=full, check=True, capture_output=True)
+        subprocess.run(
+            [
+                "pkcs11-tool",
+                "--module",
+                module,
+                "--token-label",
+                SOFTHSM_LABEL,
+                "--login",
+                "--pin",
+                TEST_PIN,
+                "--keypairgen",
+                "--key-type",
+                spec,
+                "--label",
+                key.label,
+                "--id",
+                key.id.hex(),
+            ],
+            env=full,
+            check=True,
+            capture_output=True,
+        )
     shim_conf: dict = {}  # type: ignore[type-arg]
     if cardlike:
-        shim_conf = {"mask": {"functions": list(CARDLIKE_MASK_FUNCTIONS),
-                              "mechanisms": list(CARDLIKE_MASK_MECHANISMS)}}
+        shim_conf = {
+            "mask": {"functions": list(CARDLIKE_MASK_FUNCTIONS), "mechanisms": list(CARDLIKE_MASK_MECHANISMS)}
+        }
     return CardInfo(
-        kind="softhsm-cardlike" if cardlike else "softhsm", module=module, pin=TEST_PIN,
-        token_label=SOFTHSM_LABEL, keys=keys, env=env, shim_conf=shim_conf,
-        writable=not cardlike, can_generate=True,
+        kind="softhsm-cardlike" if cardlike else "softhsm",
+        module=module,
+        pin=TEST_PIN,
+        token_label=SOFTHSM_LABEL,
+        keys=keys,
+        env=env,
+        shim_conf=shim_conf,
+        writable=not cardlike,
+        can_generate=True,
     )
 
 
@@ -153,8 +234,9 @@ class VirtualCard:
         return CardState(self.state_dir)
 
 
-def start_virtual_card(harness: Harness, state_dir: Path, latency_ms: float | None = None,
-                       profile: str | None = None) -> VirtualCard:
+def start_virtual_card(
+    harness: Harness, state_dir: Path, latency_ms: float | None = None, profile: str | None = None
+) -> VirtualCard:
     state = CardState(state_dir)
     if not state.initialised:
         provision_defaults(state)
@@ -169,8 +251,17 @@ def start_virtual_card(harness: Harness, state_dir: Path, latency_ms: float | No
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    info = CardInfo(kind="virtual", module=module, pin=state.counters.pin, token_label=label, keys=keys,
-                    env=dict(harness.env), writable=False, can_generate=False, reader=reader)
+    info = CardInfo(
+        kind="virtual",
+        module=module,
+        pin=state.counters.pin,
+        token_label=label,
+        keys=keys,
+        env=dict(harness.env),
+        writable=False,
+        can_generate=False,
+        reader=reader,
+    )
     return VirtualCard(harness, proc.reader, state_dir, info)
 
 
@@ -215,16 +306,20 @@ def virtual_harness(card_kind: str) -> Iterator[Harness]:
 
 
 @pytest.fixture(scope="session")
-def card(request: pytest.FixtureRequest, card_kind: str,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[CardInfo]:
+def card(
+    request: pytest.FixtureRequest, card_kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CardInfo]:
     """The card under test, described by a :class:`CardInfo`; its env is in os.environ meanwhile."""
     info: CardInfo
     if card_kind in ("softhsm", "softhsm-cardlike"):
         info = make_softhsm(tmp_path_factory.mktemp("softhsm"), card_kind == "softhsm-cardlike")
     elif card_kind == "virtual":
         h = request.getfixturevalue("virtual_harness")
-        vc = start_virtual_card(h, tmp_path_factory.mktemp("vcard-state"),
-                                latency_ms=request.config.getoption("--card-latency-ms"))
+        vc = start_virtual_card(
+            h,
+            tmp_path_factory.mktemp("vcard-state"),
+            latency_ms=request.config.getoption("--card-latency-ms"),
+        )
         info = vc.info
     else:
         info = real_card(str(request.config.getoption("--card-pin")))
@@ -254,8 +349,17 @@ def real_card(pin: str) -> CardInfo:
     missing = {"ec", "rsa"} - keys.keys()
     if missing:
         pytest.skip(f"--card=opensc: the card has no {'/'.join(sorted(missing))} key with a certificate")
-    return CardInfo(kind="opensc", module=module, pin=pin, token_label=label, keys=keys, env={},
-                    writable=False, can_generate=False, reader=reader)
+    return CardInfo(
+        kind="opensc",
+        module=module,
+        pin=pin,
+        token_label=label,
+        keys=keys,
+        env={},
+        writable=False,
+        can_generate=False,
+        reader=reader,
+    )
 
 
 @pytest.fixture
@@ -267,15 +371,18 @@ def card_destructive(request: pytest.FixtureRequest, card: CardInfo) -> CardInfo
 
 
 @pytest.fixture(scope="session")
-def card_factory(virtual_harness: Harness,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., VirtualCard]]:
+def card_factory(
+    virtual_harness: Harness, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., VirtualCard]]:
     """Start more virtual cards, each in the next free reader: ``card_factory(latency_ms=...)``."""
     started: list[VirtualCard] = []
 
-    def factory(latency_ms: float | None = None, profile: str | None = None,
-                state_dir: Path | None = None) -> VirtualCard:
-        vc = start_virtual_card(virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"),
-                                latency_ms, profile)
+    def factory(
+        latency_ms: float | None = None, profile: str | None = None, state_dir: Path | None = None
+    ) -> VirtualCard:
+        vc = start_virtual_card(
+            virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"), latency_ms, profile
+        )
         started.append(vc)
         return vc
 

@@ -105,9 +105,7 @@ class CardState:
         self.save()
         fascn = bytes.fromhex("D4E739DA739CED39CE739D836858210842108421C84210C3EB")
         guid = secrets.token_bytes(16)
-        chuid = (
-            tlv(0x30, fascn) + tlv(0x34, guid) + tlv(0x35, b"20991231") + tlv(0x3E, b"") + tlv(0xFE, b"")
-        )
+        chuid = tlv(0x30, fascn) + tlv(0x34, guid) + tlv(0x35, b"20991231") + tlv(0x3E, b"") + tlv(0xFE, b"")
         self.put_object(TAG_CHUID, chuid)
         discovery = tlv(0x4F, PIV_AID) + tlv(0x5F2F, b"\x40\x00")
         self.put_object(TAG_DISCOVERY, discovery)

@@ -6,12 +6,10 @@ import hashlib
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed  # noqa: F401
+from vc_helpers import find, open_session, sign, verify_ecdsa_raw, verify_rsa_pkcs1
 
 from shim.constants import CKA, CKM, CKO
-
 from virtualcard.cardinfo import CardInfo
-
-from vc_helpers import find, open_session, sign, verify_ecdsa_raw, verify_rsa_pkcs1
 
 DATA = b"www.example.com. 300 IN A 192.0.2.1"
 CURVES = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
@@ -34,7 +32,10 @@ def test_card_keys_sign_and_verify_against_token_public_keys(card: CardInfo) -> 
         digest = hashlib.sha256(DATA).digest()
         verify_ecdsa_raw(ec_pub, sign(s, ec_info.id, CKM.ECDSA, digest), digest, prehashed=True)
         h = find(s, CKO.PUBLIC_KEY, rsa_info.id)
-        n, e = (int.from_bytes(bytes(v), "big") for v in s.getAttributeValue(h, [CKA.MODULUS, CKA.PUBLIC_EXPONENT]))
+        n, e = (
+            int.from_bytes(bytes(v), "big")
+            for v in s.getAttributeValue(h, [CKA.MODULUS, CKA.PUBLIC_EXPONENT])
+        )
         rsa_pub = rsa.RSAPublicNumbers(e, n).public_key()
         assert rsa_pub.key_size == rsa_info.bits
         prefix = bytes.fromhex("3031300d060960864801650304020105000420")  # DigestInfo SHA-256

@@ -48,14 +48,18 @@ def mutual_auth(card: PIVCard, alg: int, key: bytes) -> bytes:
     d = cipher.decryptor()
     witness = d.update(step1[0x80]) + d.finalize()
     challenge = bytes(range(16))
-    resp = card.process(apdu(0x87, alg, 0x9B, tlv(0x7C, tlv(0x80, witness) + tlv(0x81, challenge) + tlv(0x82, b""))))
+    resp = card.process(
+        apdu(0x87, alg, 0x9B, tlv(0x7C, tlv(0x80, witness) + tlv(0x81, challenge) + tlv(0x82, b"")))
+    )
     return resp
 
 
 def test_aes_management_key_mutual_authentication(piv: PIVCard) -> None:
     three_des = Cipher(TripleDES(DEFAULT_MGMT_KEY), modes.ECB())
     # single (card -> host challenge) authentication with the default 3DES key
-    ch = tlv_dict(tlv_dict(ok(piv.process(apdu(0x87, ALG_3DES, 0x9B, tlv(0x7C, tlv(0x81, b""))))))[0x7C])[0x81]
+    ch = tlv_dict(tlv_dict(ok(piv.process(apdu(0x87, ALG_3DES, 0x9B, tlv(0x7C, tlv(0x81, b""))))))[0x7C])[
+        0x81
+    ]
     e = three_des.encryptor()
     ok(piv.process(apdu(0x87, ALG_3DES, 0x9B, tlv(0x7C, tlv(0x82, e.update(ch) + e.finalize())))))
     assert piv.mgmt_authenticated
@@ -72,7 +76,9 @@ def test_aes_management_key_mutual_authentication(piv: PIVCard) -> None:
 
 def test_p384_keygen_and_sign_and_rsa3072_via_chaining(piv: PIVCard) -> None:
     piv.mgmt_authenticated = True
-    pub = tlv_dict(tlv_dict(ok(piv.process(apdu(0x47, 0, 0x9E, tlv(0xAC, tlv(0x80, bytes([ALG_ECCP384])))))))[0x7F49])
+    pub = tlv_dict(
+        tlv_dict(ok(piv.process(apdu(0x47, 0, 0x9E, tlv(0xAC, tlv(0x80, bytes([ALG_ECCP384])))))))[0x7F49]
+    )
     key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), pub[0x86])
     digest = hashlib.sha384(b"x").digest()
     resp = ok(piv.process(apdu(0x87, ALG_ECCP384, 0x9E, tlv(0x7C, tlv(0x82, b"") + tlv(0x81, digest)))))

@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from shim.constants import CKA, CKM, CKO, CKU
-
 from virtualcard.cardinfo import CardInfo
 
 
@@ -51,11 +50,14 @@ def sign(session: PyKCS11.Session, key_id: bytes, mech: CKM, data: bytes) -> byt
     return bytes(session.sign(key, data, PyKCS11.Mechanism(int(mech), None)))
 
 
-def verify_ecdsa_raw(pub: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes,
-                     prehashed: bool = False) -> None:
+def verify_ecdsa_raw(
+    pub: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes, prehashed: bool = False
+) -> None:
     """Verify a PKCS#11 (r||s) ECDSA signature; raises InvalidSignature."""
     half = len(raw_sig) // 2
-    der = utils.encode_dss_signature(int.from_bytes(raw_sig[:half], "big"), int.from_bytes(raw_sig[half:], "big"))
+    der = utils.encode_dss_signature(
+        int.from_bytes(raw_sig[:half], "big"), int.from_bytes(raw_sig[half:], "big")
+    )
     algo = utils.Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256()
     pub.verify(der, data, ec.ECDSA(algo))
 
@@ -64,6 +66,14 @@ def verify_rsa_pkcs1(pub: rsa.RSAPublicKey, sig: bytes, data: bytes) -> None:
     pub.verify(sig, data, padding.PKCS1v15(), hashes.SHA256())
 
 
-def p11tool(card: CardInfo, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["pkcs11-tool", "--module", card.module, "--token-label", card.token_label, *args],
-                          env=card.subprocess_env(), capture_output=True, text=True, timeout=60, check=check)
+def p11tool(
+    card: CardInfo, *args: str, check: bool = True, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["pkcs11-tool", "--module", card.module, "--token-label", card.token_label, *args],
+        env=card.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
