@@ -1,0 +1,122 @@
+"""Fixtures of the conformance suite: the shim and direct workers over ``card``, bindings,
+hypothesis profiles, and the matrix written at the end of the session."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from conformance import matrix
+from conformance.client import Worker
+from conformance.replay import discover
+from shim.locate import module_path
+
+HERE = Path(__file__).resolve().parent
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=8, deadline=None, suppress_health_check=_SUPPRESS,
+                          stateful_step_count=25)
+settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=_SUPPRESS,
+                          stateful_step_count=40)
+settings.register_profile("thorough", max_examples=200, deadline=None, suppress_health_check=_SUPPRESS,
+                          stateful_step_count=80)
+settings.load_profile(os.environ.get("SC4DNSSEC_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") or
+                                     os.environ.get("SC4_CI") else "dev"))
+RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("conformance")
+    g.addoption("--matrix", default=str(HERE / "MATRIX.md"), help="where the merged matrix is written")
+    g.addoption("--matrix-results", default=str(HERE / "results"),
+                help="directory of per-card result files merged into the matrix")
+
+
+def _toml(conf: dict[str, Any]) -> str:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, dict)]
+    for k, v in conf.items():
+        if isinstance(v, dict):
+            lines += [f"[{k}]"] + [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def shim_audit(card: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    d = tmp_path_factory.mktemp("conformance-shim")
+    conf = d / "sc4dnssec.toml"
+    conf.write_text(_toml(dict(card.shim_conf)))
+    audit = d / "audit.jsonl"
+    env = dict(os.environ, **card.env, SC4DNSSEC_BACKEND=card.module, SC4DNSSEC_AUDIT_LOG=str(audit),
+               SC4DNSSEC_CONF=str(conf))
+    return env, audit
+
+
+@pytest.fixture(scope="session")
+def bindings(card: Any) -> dict[str, Any]:
+    """Slot, key labels/ids and public values, read from the card directly (not through the shim)."""
+    w = Worker(card.module, dict(os.environ, **card.env), "direct")
+    try:
+        return discover(w, card.token_label, card.pin, {k: (v.label, v.id) for k, v in card.keys.items()})
+    finally:
+        w.close()
+
+
+@pytest.fixture(scope="session")
+def shim_worker(card: Any, shim_audit: tuple[dict[str, str], Path], bindings: dict[str, Any]) -> Iterator[Worker]:
+    w = Worker(module_path(), shim_audit[0], "shim")
+    w.bind(bindings)
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="session")
+def direct_worker(card: Any, bindings: dict[str, Any]) -> Iterator[Worker]:
+    w = Worker(card.module, dict(os.environ, **card.env), "direct")
+    w.bind(bindings)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def shim(shim_worker: Worker) -> Iterator[Worker]:
+    """The shim worker, uninitialised and without handles before and after each test."""
+    finalize = [{"fn": "C_Finalize", "args": {}}]
+    shim_worker.run(finalize)
+    shim_worker.reset()
+    yield shim_worker
+    if shim_worker.proc.poll() is None:
+        shim_worker.run(finalize)
+        shim_worker.reset()
+
+
+@pytest.fixture
+def direct(direct_worker: Worker) -> Iterator[Worker]:
+    finalize = [{"fn": "C_Finalize", "args": {}}]
+    direct_worker.run(finalize)
+    direct_worker.reset()
+    yield direct_worker
+    direct_worker.run(finalize)
+    direct_worker.reset()
+
+
+@pytest.fixture(scope="session")
+def matrix_results() -> dict[str, dict[str, Any]]:
+    return RESULTS
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not RESULTS:
+        return
+    card = str(config.getoption("--card"))
+    results_dir = Path(str(config.getoption("--matrix-results")))
+    matrix.write_results(results_dir, card, RESULTS)
+    out = Path(str(config.getoption("--matrix")))
+    table = matrix.write_matrix(out, results_dir)
+    terminalreporter.section("conformance matrix (consumer sequence x card)")
+    terminalreporter.write(table)
+    terminalreporter.write_line(f"written to {out}")
