@@ -71,6 +71,7 @@ def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
     def entry(*args: Any) -> int:
         t0 = perf()
         call = Call(name)
+        rv: int
         try:
             summarise(args, call.args)
             if shim.fork_generation_changed():

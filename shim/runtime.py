@@ -57,7 +57,7 @@ class Shim:
         from shim.soft.state import Completion
 
         self.soft = Completion(self)  # software completion (shim/soft/)
-        self.record("load", args={"version": "%d.%d" % VERSION, "python": sys.version.split()[0],
+        self.record("load", args={"version": "{}.{}".format(*VERSION), "python": sys.version.split()[0],
                                   "module": _module_path(lib)})
         self.record("config", args={"source": self.config.source, "backend": self.config.backend,
                                     "audit": self.config.audit_path, "fsync": self.config.audit_fsync,

@@ -80,39 +80,69 @@ def _mechanism(ptr: Any) -> str | None:
     return None if ptr == NULL else name_of(CKM, int(ptr.mechanism))
 
 
+def _put(key: str, i: int, render: Callable[[Any], Any] = int) -> Summariser:
+    def step(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        out[key] = render(args[i])
+
+    return step
+
+
+def _put_template(key: str, i: int) -> Summariser:
+    def step(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        out[key] = template_summary(args[i], int(args[i + 1]))
+
+    return step
+
+
+def _put_length(key: str, i: int) -> Summariser:
+    def step(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        out[key + "_len"] = int(args[i + 1])
+
+    return step
+
+
+def _put_hashed(key: str, i: int) -> Summariser:
+    def step(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        _hashed(args, out, i, key)
+
+    return step
+
+
+def _lower_first(name: str, prefix: str) -> str:
+    """``hObject`` -> ``object``, ``pPublicKeyTemplate`` -> ``publicKeyTemplate``."""
+    return name[1:2].lower() + name[2:] if name.startswith(prefix) else name
+
+
 def compile_summariser(spec: FunctionSpec) -> Summariser:
     steps: list[Summariser] = []
     params = spec.params
     for i, p in enumerate(params):
         nxt = params[i + 1] if i + 1 < len(params) else None
+        counted = nxt is not None and nxt.ctype == "CK_ULONG"
         if p.ctype == "CK_SESSION_HANDLE":
-            steps.append(lambda a, o, i=i: o.__setitem__("session", int(a[i])))
+            steps.append(_put("session", i))
         elif p.ctype == "CK_SLOT_ID":
-            steps.append(lambda a, o, i=i: o.__setitem__("slot", int(a[i])))
+            steps.append(_put("slot", i))
         elif p.ctype == "CK_OBJECT_HANDLE":
-            key = p.name[1:2].lower() + p.name[2:] if p.name.startswith("h") else p.name
-            steps.append(lambda a, o, i=i, key=key: o.__setitem__(key, int(a[i])))
+            steps.append(_put(_lower_first(p.name, "h"), i))
         elif p.ctype == "CK_MECHANISM_TYPE":
-            steps.append(lambda a, o, i=i: o.__setitem__("mechanism", name_of(CKM, int(a[i]))))
+            steps.append(_put("mechanism", i, lambda v: name_of(CKM, int(v))))
         elif p.ctype == "CK_MECHANISM_PTR":
-            steps.append(lambda a, o, i=i: o.__setitem__("mechanism", _mechanism(a[i])))
+            steps.append(_put("mechanism", i, _mechanism))
         elif p.ctype == "CK_USER_TYPE":
-            steps.append(lambda a, o, i=i: o.__setitem__("user", name_of(CKU, int(a[i]))))
+            steps.append(_put("user", i, lambda v: name_of(CKU, int(v))))
         elif p.ctype == "CK_FLAGS":
-            steps.append(lambda a, o, i=i: o.__setitem__("flags", hex(int(a[i]))))
+            steps.append(_put("flags", i, lambda v: hex(int(v))))
         elif p.ctype == "CK_BBOOL":
-            steps.append(lambda a, o, i=i, n=p.name: o.__setitem__(n, bool(a[i])))
-        elif p.ctype == "CK_ATTRIBUTE_PTR" and nxt is not None and nxt.ctype == "CK_ULONG":
-            key = "template" if p.name == "pTemplate" else p.name[1:2].lower() + p.name[2:]
-            steps.append(lambda a, o, i=i, key=key: o.__setitem__(key, template_summary(a[i], int(a[i + 1]))))
-        elif p.ctype == "CK_BYTE_PTR" and nxt is not None and nxt.ctype == "CK_ULONG":
-            key = p.name[1:2].lower() + p.name[2:] if p.name.startswith("p") else p.name
-            if spec.name in _HASHED_DATA and i == 1:
-                steps.append(lambda a, o, i=i, key=key: _hashed(a, o, i, key))
-            else:
-                steps.append(lambda a, o, i=i, key=key: o.__setitem__(key + "_len", int(a[i + 1])))
+            steps.append(_put(p.name, i, bool))
+        elif p.ctype == "CK_ATTRIBUTE_PTR" and counted:
+            steps.append(_put_template("template" if p.name == "pTemplate" else _lower_first(p.name, "p"), i))
+        elif p.ctype == "CK_BYTE_PTR" and counted:
+            key = _lower_first(p.name, "p")
+            steps.append(_put_hashed(key, i) if spec.name in _HASHED_DATA and i == 1 else _put_length(key, i))
         elif p.name in ("ulMaxObjectCount", "ulRandomLen"):
-            steps.append(lambda a, o, i=i, n=p.name: o.__setitem__(n[2:3].lower() + n[3:], int(a[i])))
+            steps.append(_put(_lower_first(p.name[1:], "l"), i))
+        # Everything else (PINs above all: CK_UTF8CHAR_PTR) is deliberately not summarised.
 
     def summarise(args: tuple[Any, ...], out: dict[str, Any]) -> None:
         for step in steps:

@@ -57,7 +57,8 @@ def missing_public_keys(fn: Fn, session: int) -> tuple[int, list[tuple[int, dict
                 pub = _from_certificate(certs[kid])
         if pub is None:
             continue
-        attrs = {CKA.CLASS: ulong(CKO.PUBLIC_KEY), CKA.TOKEN: TRUE, CKA.PRIVATE: FALSE, CKA.MODIFIABLE: FALSE,
+        attrs: dict[int, bytes] = {
+                 CKA.CLASS: ulong(CKO.PUBLIC_KEY), CKA.TOKEN: TRUE, CKA.PRIVATE: FALSE, CKA.MODIFIABLE: FALSE,
                  CKA.COPYABLE: TRUE, CKA.DESTROYABLE: FALSE, CKA.ID: kid, CKA.LABEL: a.get(CKA.LABEL, b""),
                  CKA.VERIFY: TRUE, CKA.ENCRYPT: FALSE, CKA.WRAP: FALSE, CKA.VERIFY_RECOVER: FALSE,
                  CKA.DERIVE: FALSE, CKA.LOCAL: FALSE, CKA.TRUSTED: FALSE, CKA.SUBJECT: b"",

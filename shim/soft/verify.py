@@ -97,12 +97,13 @@ def public_key(attrs: Mapping[int, bytes]) -> PublicKey:
 
 def _check_key(mechanism: int, key: PublicKey) -> None:
     raw = HASHED[mechanism].raw if mechanism in HASHED else mechanism
-    ok = {
+    fits: dict[int, bool] = {
         CKM.ECDSA: isinstance(key, ec.EllipticCurvePublicKey),
         CKM.RSA_PKCS: isinstance(key, rsa.RSAPublicKey),
         CKM.RSA_PKCS_PSS: isinstance(key, rsa.RSAPublicKey),
         CKM.EDDSA: isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey),
-    }.get(raw, False)
+    }
+    ok = fits.get(raw, False)
     if not ok:
         raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "key type does not match the mechanism")
 

@@ -53,7 +53,8 @@ priv = find(PyKCS11.CKO_PRIVATE_KEY, ec_label); pub = find(PyKCS11.CKO_PUBLIC_KE
 sig = bytes(s.sign(priv, digest, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA)))
 params, point = s.getAttributeValue(pub, [PyKCS11.CKA_EC_PARAMS, PyKCS11.CKA_EC_POINT])
 point = bytes(point); raw = point[2:] if point[0] == 4 and len(point) in (67, 99) else point
-curve = {bytes.fromhex("06082a8648ce3d030107"): ec.SECP256R1(), bytes.fromhex("06052b81040022"): ec.SECP384R1()}[bytes(params)]
+curves = {"06082a8648ce3d030107": ec.SECP256R1(), "06052b81040022": ec.SECP384R1()}
+curve = curves[bytes(params).hex()]
 key = ec.EllipticCurvePublicKey.from_encoded_point(curve, raw)
 n = len(sig) // 2
 key.verify(utils.encode_dss_signature(int.from_bytes(sig[:n], "big"), int.from_bytes(sig[n:], "big")),
