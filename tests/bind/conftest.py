@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -39,10 +40,18 @@ RSA_LABEL, RSA_ID = "rsa2048key", "02"
 
 # What a smartcard lacks, hidden by the shim for the "cardlike" SoftHSM backend (issue 5).
 CARDLIKE_MASK = [
-    "C_Verify", "C_VerifyInit", "C_VerifyUpdate", "C_VerifyFinal",
-    "C_CreateObject", "C_CopyObject",
-    "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestFinal",
-    "C_GenerateRandom", "C_SeedRandom",
+    "C_Verify",
+    "C_VerifyInit",
+    "C_VerifyUpdate",
+    "C_VerifyFinal",
+    "C_CreateObject",
+    "C_CopyObject",
+    "C_DigestInit",
+    "C_Digest",
+    "C_DigestUpdate",
+    "C_DigestFinal",
+    "C_GenerateRandom",
+    "C_SeedRandom",
 ]
 CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
 
@@ -91,8 +100,17 @@ class Shim:
 
 def _copy_source(dest: Path) -> None:
     ignore = shutil.ignore_patterns(
-        ".git", ".tox", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.so", ".pytest_cache",
-        ".mypy_cache", ".ruff_cache",
+        ".git",
+        ".tox",
+        ".venv",
+        "build",
+        "dist",
+        "*.egg-info",
+        "__pycache__",
+        "*.so",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
     )
     shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
 
@@ -149,8 +167,14 @@ class Signer:
         uri = f"pkcs11:token={self.token};{select}"
         return f"{uri};pin-source={self.pin_file}" if pin else uri
 
-    def run(self, cmd: list[str | os.PathLike[str]], signing: bool = False, cwd: Path | None = None,
-            check: bool = True, timeout: float = 600):
+    def run(
+        self,
+        cmd: list[str | os.PathLike[str]],
+        signing: bool = False,
+        cwd: Path | None = None,
+        check: bool = True,
+        timeout: float = 600,
+    ):
         env = self.sign_env if signing else {}
         return self.trixie.run(cmd, env=env, cwd=cwd or self.work, check=check, timeout=timeout)
 
@@ -190,12 +214,43 @@ def _softhsm_token(trixie: Trixie, work: Path, cardlike: bool) -> tuple[str, dic
         lines.append(f"slots.mechanisms = {CARDLIKE_MECHANISMS}")
     conf.write_text("\n".join(lines) + "\n")
     env = {"SOFTHSM2_CONF": str(conf)}
-    trixie.run(["softhsm2-util", "--init-token", "--free", "--label", SOFTHSM_TOKEN,
-                "--pin", SOFTHSM_PIN, "--so-pin", SOFTHSM_SO_PIN], env=env, cwd=work)
+    trixie.run(
+        [
+            "softhsm2-util",
+            "--init-token",
+            "--free",
+            "--label",
+            SOFTHSM_TOKEN,
+            "--pin",
+            SOFTHSM_PIN,
+            "--so-pin",
+            SOFTHSM_SO_PIN,
+        ],
+        env=env,
+        cwd=work,
+    )
     for kt, label, kid in (("EC:prime256v1", EC_LABEL, EC_ID), ("rsa:2048", RSA_LABEL, RSA_ID)):
-        trixie.run(["pkcs11-tool", "--module", softhsm, "--token-label", SOFTHSM_TOKEN, "--login",
-                    "--pin", SOFTHSM_PIN, "--keypairgen", "--key-type", kt, "--label", label, "--id", kid],
-                   env=env, cwd=work)
+        trixie.run(
+            [
+                "pkcs11-tool",
+                "--module",
+                softhsm,
+                "--token-label",
+                SOFTHSM_TOKEN,
+                "--login",
+                "--pin",
+                SOFTHSM_PIN,
+                "--keypairgen",
+                "--key-type",
+                kt,
+                "--label",
+                label,
+                "--id",
+                kid,
+            ],
+            env=env,
+            cwd=work,
+        )
     return softhsm, env
 
 
@@ -213,10 +268,27 @@ def _make_softhsm(name: str, trixie: Trixie, work: Path, shim: Shim | None) -> S
     conf.write_text("[mask]\nfunctions = [\n" + "".join(f'    "{f}",\n' for f in CARDLIKE_MASK) + "]\n")
     audit_log = work / "audit.jsonl"
     cnf = _openssl_cnf(trixie, work, shim.module)
-    sign_env = {**env, "OPENSSL_CONF": str(cnf), "SC4DNSSEC_BACKEND": softhsm,
-                "SC4DNSSEC_CONF": str(conf), "SC4DNSSEC_AUDIT_LOG": str(audit_log)}
-    return Signer(name, trixie, work, SOFTHSM_TOKEN, pin_file, *selects, sign_env, env, softhsm, True,
-                  shim=shim, audit_log=audit_log)
+    sign_env = {
+        **env,
+        "OPENSSL_CONF": str(cnf),
+        "SC4DNSSEC_BACKEND": softhsm,
+        "SC4DNSSEC_CONF": str(conf),
+        "SC4DNSSEC_AUDIT_LOG": str(audit_log),
+    }
+    return Signer(
+        name,
+        trixie,
+        work,
+        SOFTHSM_TOKEN,
+        pin_file,
+        *selects,
+        sign_env,
+        env,
+        softhsm,
+        True,
+        shim=shim,
+        audit_log=audit_log,
+    )
 
 
 @dataclass
@@ -238,7 +310,9 @@ def _parse_exports(text: str) -> dict[str, str]:
 
 
 def _virtualcard_cmd() -> list[str]:
-    exe = shutil.which("virtualcard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    exe = shutil.which(
+        "virtualcard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    )
     if exe:
         return [exe]
     return [sys.executable, "-m", "virtualcard.cli"]
@@ -254,8 +328,10 @@ def _card_up(state: Path, latency_ms: float | None) -> tuple[list[str], dict[str
         error = f"`virtualcard up` could not run: {e}"
     if proc is None or proc.returncode != 0:
         if proc is not None:
-            error = (f"`virtualcard up {state}` failed (exit {proc.returncode}): the virtual PIV card "
-                     f"(issue 4; needs pcscd and vsmartcard-vpcd on the host)\n{proc.stdout}\n{proc.stderr}")
+            error = (
+                f"`virtualcard up {state}` failed (exit {proc.returncode}): the virtual PIV card "
+                f"(issue 4; needs pcscd and vsmartcard-vpcd on the host)\n{proc.stdout}\n{proc.stderr}"
+            )
         subprocess.run([*cmd, "down", str(state)], capture_output=True, timeout=120)
         fail_missing(Missing(error))
     exports = _parse_exports(proc.stdout)
@@ -292,8 +368,18 @@ def slow_virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Virt
 
 def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: VirtualCard) -> Signer:
     ex = card.exports
-    missing = [k for k in ("VIRTUALCARD_PIN", "VIRTUALCARD_TOKEN_LABEL", "VIRTUALCARD_EC_ID", "VIRTUALCARD_RSA_ID")
-               if k not in ex]
+    missing = [
+        k
+        for k in (
+            "VIRTUALCARD_PIN",
+            "VIRTUALCARD_TOKEN_LABEL",
+            "VIRTUALCARD_EC_ID",
+            "VIRTUALCARD_RSA_ID",
+            "VIRTUALCARD_EC_LABEL",
+            "VIRTUALCARD_RSA_LABEL",
+        )
+        if k not in ex
+    ]
     if missing:
         fail_missing(Missing(f"`virtualcard up` printed no {', '.join(missing)}: {ex}"))
     pin_file = work / "pin"
@@ -304,8 +390,11 @@ def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: Vi
     token = ex["VIRTUALCARD_TOKEN_LABEL"]
     listing = trixie.run(["pkcs11-tool", "--module", opensc, "-L"], env=env, check=False)
     if listing.returncode != 0 or token not in listing.stdout:
-        fail_missing(Missing(f"OpenSC in the Debian 13 root does not see the virtual card {token!r}:\n"
-                             f"{listing.explain()}"))
+        fail_missing(
+            Missing(
+                f"OpenSC in the Debian 13 root does not see the virtual card {token!r}:\n{listing.explain()}"
+            )
+        )
     selects = (f"id=%{ex['VIRTUALCARD_EC_ID']}", f"id=%{ex['VIRTUALCARD_RSA_ID']}")
     if shim is None:
         cnf = _openssl_cnf(trixie, work, opensc)
@@ -314,10 +403,30 @@ def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: Vi
         return Signer(name, trixie, work, token, pin_file, *selects, sign_env, env, opensc, False)
     audit_log = work / "audit.jsonl"
     cnf = _openssl_cnf(trixie, work, shim.module)
-    sign_env = {**env, "OPENSSL_CONF": str(cnf), "SC4DNSSEC_BACKEND": opensc,
-                "SC4DNSSEC_AUDIT_LOG": str(audit_log)}
-    return Signer(name, trixie, work, token, pin_file, *selects, sign_env, env, opensc, False,
-                  shim=shim, audit_log=audit_log)
+    sign_env = {
+        **env,
+        "OPENSSL_CONF": str(cnf),
+        "SC4DNSSEC_BACKEND": opensc,
+        "SC4DNSSEC_AUDIT_LOG": str(audit_log),
+    }
+    # Through the shim the card key is selected by the private key's label: the shim presents a
+    # public key object under that label (OpenSC names it "... pubkey"), so id= would match two
+    # public objects (the card's and the shim's) and BIND refuses: "public key is invalid".
+    selects = tuple(f"object={quote(ex[f'VIRTUALCARD_{k}_LABEL'], safe='')}" for k in ("EC", "RSA"))
+    return Signer(
+        name,
+        trixie,
+        work,
+        token,
+        pin_file,
+        *selects,
+        sign_env,
+        env,
+        opensc,
+        False,
+        shim=shim,
+        audit_log=audit_log,
+    )
 
 
 @pytest.fixture(params=BACKENDS)

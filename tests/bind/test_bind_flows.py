@@ -40,7 +40,9 @@ def check_audit(signer: Signer, min_signs: int) -> Counter[str]:
 
 
 def keyfromlabel(signer: Signer, alg: str, key: str) -> str:
-    res = signer.run(["dnssec-keyfromlabel", "-l", signer.uri(key), "-a", alg, "-f", "KSK", ORIGIN], signing=True)
+    res = signer.run(
+        ["dnssec-keyfromlabel", "-l", signer.uri(key), "-a", alg, "-f", "KSK", ORIGIN], signing=True
+    )
     base = res.stdout.strip().splitlines()[-1]
     private = (signer.work / f"{base}.private").read_text()
     assert "Label:" in private and "PrivateKey:" not in private, f"not a token key:\n{private}"
@@ -86,7 +88,12 @@ def split_sign(signer: Signer, names: int = 300, threads: int = 1, test: str = "
     ksk = keyfromlabel(signer, "ECDSAP256SHA256", "ec")
     zsk = software_zsk(signer, "ECDSAP256SHA256")
     zone_with_keys(signer, names, ksk, zsk)
-    sign(signer, ["-n", str(threads), "-x", "-o", ORIGIN, "-k", ksk, "zone.db", zsk], test, "signzone KSK card + ZSK sw")
+    sign(
+        signer,
+        ["-n", str(threads), "-x", "-o", ORIGIN, "-k", ksk, "zone.db", zsk],
+        test,
+        "signzone KSK card + ZSK sw",
+    )
     verify(signer, "-x")
     signed = inspect_signed(signer.trixie, ORIGIN, signer.work / "zone.db.signed")
     kt, zt = key_tag(ksk), key_tag(zsk)
@@ -117,7 +124,9 @@ def test_named_serves_zone_signed_by_token_key(signer: Signer) -> None:
     """Flow 3: named on 127.0.0.1:<high port> answers dig +dnssec with the token KSK's RRSIG."""
     ksk, zsk = split_sign(signer, test="flow3")
     port = free_port()
-    conf = named_conf(signer.work, port, f'zone "{ORIGIN}" {{ type primary; file "{signer.work}/zone.db.signed"; }};')
+    conf = named_conf(
+        signer.work, port, f'zone "{ORIGIN}" {{ type primary; file "{signer.work}/zone.db.signed"; }};'
+    )
     # Serving a pre-signed zone needs no key: named runs without OPENSSL_CONF.
     with Named(signer.trixie, conf, {}, signer.work / "named.log") as named:
         out, waited = named.wait_for(port, ORIGIN, "DNSKEY", "DNSKEY")
@@ -133,7 +142,10 @@ def _policy_conf(signer: Signer, port: int) -> Path:
     keys = signer.work / "keys"
     keys.mkdir()
     write_zone(signer.work / "policy.db", ORIGIN, 50)
-    return named_conf(signer.work, port, f"""
+    return named_conf(
+        signer.work,
+        port,
+        f"""
 key-store "card" {{
     directory "{keys}";
     pkcs11-uri "pkcs11:token={signer.token};pin-source={signer.pin_file}";
@@ -151,7 +163,8 @@ zone "{ORIGIN}" {{
     inline-signing yes;
     key-directory "{keys}";
 }};
-""")
+""",
+    )
 
 
 def _ksk_files(keys: Path) -> dict[str, str]:
@@ -176,8 +189,10 @@ def test_named_dnssec_policy_generates_ksk_on_token(signer: Signer) -> None:
             record_time(f"flow4[{signer.name}]", "named keygen on token + first answer", waited)
             ksks = _ksk_files(keys)
             assert len(ksks) == 1, ksks
-            (base, private), = ksks.items()
-            assert "Label:" in private and "PrivateKey:" not in private, f"KSK is not on the token:\n{private}"
+            ((base, private),) = ksks.items()
+            assert "Label:" in private and "PrivateKey:" not in private, (
+                f"KSK is not on the token:\n{private}"
+            )
             assert key_tag(base) in answer_rrsig_tags(out, "DNSKEY"), out
             pin = signer.pin_file.read_text()
             objects = signer.pkcs11_tool("--token-label", signer.token, "--login", "--pin", pin, "-O").stdout
@@ -230,12 +245,28 @@ def test_named_dnssec_policy_uses_premade_token_ksk(signer: Signer) -> None:
     keys through PKCS#11. named must use that key, not make a new KSK."""
     keys = signer.work / "keys"
     keys.mkdir()
-    res = signer.run(["dnssec-keyfromlabel", "-K", keys, "-l", signer.uri("ec"), "-a", "ECDSAP256SHA256",
-                      "-f", "KSK", ORIGIN], signing=True)
+    res = signer.run(
+        [
+            "dnssec-keyfromlabel",
+            "-K",
+            keys,
+            "-l",
+            signer.uri("ec"),
+            "-a",
+            "ECDSAP256SHA256",
+            "-f",
+            "KSK",
+            ORIGIN,
+        ],
+        signing=True,
+    )
     ksk = res.stdout.strip().splitlines()[-1]
     write_zone(signer.work / "policy.db", ORIGIN, 50)
     port = free_port()
-    conf = named_conf(signer.work, port, f"""
+    conf = named_conf(
+        signer.work,
+        port,
+        f"""
 dnssec-policy "card" {{
     keys {{
         ksk key-directory lifetime unlimited algorithm ecdsap256sha256;
@@ -249,7 +280,8 @@ zone "{ORIGIN}" {{
     inline-signing yes;
     key-directory "{keys}";
 }};
-""")
+""",
+    )
     with Named(signer.trixie, conf, signer.sign_env, signer.work / "named.log") as named:
         out, waited = named.wait_for(port, ORIGIN, "DNSKEY", "DNSKEY")
         record_time(f"premade[{signer.name}]", "named with card KSK, first answer", waited)

@@ -79,7 +79,9 @@ class Trixie:
     def chrooted(self) -> bool:
         return self.root != "/"
 
-    def argv(self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
+    def argv(
+        self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> list[str]:
         argv = [str(TRIXIE_SH), "run"]
         for b in self.binds:
             argv += ["-b", b]
@@ -103,7 +105,9 @@ class Trixie:
         argv = self.argv([str(c) for c in cmd], env, None if cwd is None else str(cwd))
         start = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, input=input)
-        res = Result([str(c) for c in cmd], proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+        res = Result(
+            [str(c) for c in cmd], proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start
+        )
         if check and proc.returncode != 0:
             raise CommandFailed(res.explain())
         return res
@@ -138,10 +142,12 @@ class Trixie:
         raise Missing(f"{name} is not installed in the Debian 13 root {self.root}")
 
     def openssl_cnf(self, module: str) -> str:
-        """The scoped openssl.cnf text (same generator as ci/lib/trixie.sh, same as `sc4dnssec openssl-cnf`)."""
+        """The scoped openssl.cnf (ci/lib/trixie.sh; the same text as `sc4dnssec openssl-cnf`)."""
         proc = subprocess.run(
             [str(TRIXIE_SH), "openssl-cnf", module, self.find_lib("pkcs11.so")],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return proc.stdout
 

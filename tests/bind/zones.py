@@ -89,7 +89,8 @@ def dig(trixie: Trixie, port: int, name: str, rtype: str) -> str:
     """dig +dnssec (never with OPENSSL_CONF: dig aborts when pkcs11-provider is loaded early)."""
     return trixie.run(
         ["dig", "+dnssec", "+norec", "+time=2", "+tries=1", "-p", str(port), "@127.0.0.1", name, rtype],
-        check=False, timeout=30,
+        check=False,
+        timeout=30,
     ).stdout
 
 
@@ -135,7 +136,9 @@ class Named:
         trixie.run(["named-checkconf", conf])
         self.proc = trixie.popen(["named", "-g", "-c", conf], env=env, cwd=conf.parent, log=log)
 
-    def wait_for(self, port: int, name: str, rtype: str, covered: str, timeout: float = 60) -> tuple[str, float]:
+    def wait_for(
+        self, port: int, name: str, rtype: str, covered: str, timeout: float = 60
+    ) -> tuple[str, float]:
         """Polls until the answer carries an RRSIG over `covered` (inline signing REFUSEs at first)."""
         start = time.monotonic()
         last = ""
@@ -146,7 +149,9 @@ class Named:
             if answer_rrsig_tags(last, covered):
                 return last, time.monotonic() - start
             time.sleep(0.3)
-        raise AssertionError(f"no signed {rtype} answer for {name} after {timeout} s:\n{last}\n{self.log_text()}")
+        raise AssertionError(
+            f"no signed {rtype} answer for {name} after {timeout} s:\n{last}\n{self.log_text()}"
+        )
 
     def log_text(self) -> str:
         try:
@@ -163,4 +168,3 @@ class Named:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
