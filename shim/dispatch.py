@@ -29,6 +29,16 @@ HANDLERS: dict[str, Handler] = {}
 # Allowed before C_Initialize (C_GetFunctionList is answered in C).
 _BEFORE_INIT = frozenset({"C_Initialize"})
 
+# PKCS#11 v2.40 lets functions that take a key handle report a bad one only as
+# CKR_KEY_HANDLE_INVALID (or the wrapping/unwrapping variant); SoftHSM answers
+# CKR_OBJECT_HANDLE_INVALID, which C_SignInit's callers need not expect.
+_KEY_HANDLE_FNS = ("C_EncryptInit", "C_DecryptInit", "C_DigestKey", "C_SignInit", "C_SignRecoverInit",
+                   "C_VerifyInit", "C_VerifyRecoverInit", "C_WrapKey", "C_DeriveKey")
+_SPEC_RV: dict[str, dict[int, int]] = {
+    **{fn: {CKR.OBJECT_HANDLE_INVALID: CKR.KEY_HANDLE_INVALID} for fn in _KEY_HANDLE_FNS},
+    "C_UnwrapKey": {CKR.OBJECT_HANDLE_INVALID: CKR.UNWRAPPING_KEY_HANDLE_INVALID},
+}
+
 
 class Call:
     """What one PKCS#11 call did, as the audit record will say it."""
@@ -66,6 +76,7 @@ def forward(name: str) -> Handler:
 def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
     summarise = compile_summariser(next(f for f in FUNCTIONS if f.name == name))
     needs_init = name not in _BEFORE_INIT
+    spec_rv = _SPEC_RV.get(name)
     perf = time.perf_counter_ns
 
     def entry(*args: Any) -> int:
@@ -89,6 +100,9 @@ def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
         except Exception as e:  # noqa: BLE001 - the host must never see a Python exception
             rv = CKR.GENERAL_ERROR
             call.error = f"{type(e).__name__}: {e}"
+        if spec_rv is not None and rv in spec_rv:
+            call.error = call.error or f"backend returned {CKR(rv).name}"
+            rv = spec_rv[rv]
         return shim.record_call(call, rv, t0)
 
     entry.__name__ = f"entry_{name}"
