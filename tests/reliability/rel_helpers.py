@@ -1,0 +1,119 @@
+"""Shared helpers of the reliability tests: a private SoftHSM token, shim environments,
+child processes, the audit CLI, and the figures that go into RESULTS.md.
+
+A uniquely named module (not conftest) so test files import it without clashing
+with other test directories' helper modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shim.locate import module_path
+from virtualcard.cardinfo import CardInfo
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SCALE = float(os.environ.get("SC4_RELIABILITY_SCALE", "1"))
+FIGURES_ENV = "SC4_RELIABILITY_FIGURES"
+
+
+def scaled(n: float) -> int:
+    """``n`` times the SC4_RELIABILITY_SCALE knob (CI runs at 1), at least 1."""
+    return max(1, int(n * SCALE))
+
+
+def toml(conf: dict[str, Any]) -> str:
+    """A tiny TOML writer for the shim's config tables."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, dict)]
+    for k, v in conf.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Token:
+    """A pristine SoftHSM token directory; ``copy`` gives each run its own token."""
+
+    info: CardInfo
+    root: Path
+
+    def copy(self, dest: Path) -> dict[str, str]:
+        """A copy of the token under ``dest``; returns the env that selects it."""
+        shutil.copytree(self.root / "tokens", dest / "tokens")
+        conf = dest / "softhsm2.conf"
+        text = (self.root / "softhsm2.conf").read_text().replace(str(self.root / "tokens"), str(dest / "tokens"))
+        conf.write_text(text)
+        return {"SOFTHSM2_CONF": str(conf)}
+
+
+@dataclass
+class ShimRun:
+    """Environment for child processes that load the shim over a token."""
+
+    dir: Path
+    backend: str
+    pin: str
+    env: dict[str, str]
+    audit_log: Path
+    conf: dict[str, Any] = field(default_factory=dict)
+    module: str = field(default_factory=module_path)
+
+    @classmethod
+    def make(cls, dir: Path, token: Token, conf: dict[str, Any] | None = None,
+             audit_log: Path | None = None, own_token: bool = True) -> ShimRun:
+        dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(token.copy(dir) if own_token else token.info.env)
+        audit = audit_log or dir / "audit.jsonl"
+        conf = dict(conf or {})
+        conf_path = dir / "sc4dnssec.toml"
+        conf_path.write_text(toml(conf))
+        env.update(SC4DNSSEC_BACKEND=token.info.module, SC4DNSSEC_AUDIT_LOG=str(audit),
+                   SC4DNSSEC_CONF=str(conf_path),
+                   PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]))
+        return cls(dir, token.info.module, token.info.pin, env, audit, conf)
+
+    def python(self, script: Path | str, *args: str, timeout: float = 120, check: bool = True,
+               extra_env: dict[str, str] | None = None, prefix: list[str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env, **(extra_env or {}))
+        argv = [sys.executable, str(script), *args] if isinstance(script, Path) \
+            else [sys.executable, "-c", script, *args]
+        proc = subprocess.run([*(prefix or []), *argv], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(x) for x in self.audit_log.read_bytes().splitlines() if x.strip()]
+
+
+def audit_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``sc4dnssec audit ...`` as an operator runs it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "shim.cli", "audit", *argv], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+
+
+def record_figure(name: str, value: Any) -> None:
+    """Add a figure for RESULTS.md to the JSON file named by SC4_RELIABILITY_FIGURES (set by conftest)."""
+    path = os.environ.get(FIGURES_ENV)
+    if not path:
+        return
+    p = Path(path)
+    data = json.loads(p.read_text()) if p.exists() else {}
+    data[name] = value
+    p.write_text(json.dumps(data, indent=1, sort_keys=True))
