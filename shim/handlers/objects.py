@@ -149,13 +149,16 @@ def _derive_public_keys(shim: Shim, call: Call, h: int, slot: int) -> None:
     if slot in soft.scanned_slots:
         return
     try:
-        seen, derived = pubkeys.missing_public_keys(shim.backend.fn, h)
+        seen, derived, shadowed = pubkeys.missing_public_keys(shim.backend.fn, h)
     except PKCS11Error as e:
         call.args["derive_error"] = e.detail
         return
     if not seen:
         return  # not logged in yet: try again next search
     soft.scanned_slots.add(slot)
+    if shadowed:
+        soft.shadowed[slot] = shadowed
+        call.args["shadowed_public_keys"] = sorted(shadowed)
     for priv, attrs in derived:
         if soft.objects.derived_for(slot, priv) is None:
             soft.objects.add(slot, None, attrs, card_private=priv)
@@ -182,7 +185,20 @@ def find_objects_init(shim: Shim, call: Call, h: int, ptmpl: Any, count: int) ->
 def find_objects(shim: Shim, call: Call, h: int, ph: Any, max_count: int, pcount: Any) -> int:
     st = shim.sessions.get(int(h))
     pending: list[int] | None = st.get("find") if st else None
+    hidden = shim.soft.shadowed.get(st["slot"]) if st else None
     rv = int(shim.backend.fn["C_FindObjects"](h, ph, max_count, pcount))
+    while hidden and rv == CKR.OK and pcount != NULL and ph != NULL and pcount[0]:
+        got = [int(ph[i]) for i in range(int(pcount[0]))]
+        kept = [x for x in got if x not in hidden]
+        if len(kept) == len(got):
+            break
+        for i, x in enumerate(kept):
+            ph[i] = x
+        pcount[0] = len(kept)
+        if kept:
+            break
+        # everything in this batch was hidden: ask again, an empty answer means "no more"
+        rv = int(shim.backend.fn["C_FindObjects"](h, ph, max_count, pcount))
     if rv == CKR.OK and pcount != NULL and ph != NULL:
         n = int(pcount[0])
         while pending and n < max_count:

@@ -8,9 +8,18 @@ private key's own public attributes (CKA_EC_POINT / CKA_MODULUS +
 CKA_PUBLIC_EXPONENT) or, failing that, from the certificate with the same
 CKA_ID.  The scan costs card round trips, so it runs once per slot after a
 login made private keys visible; its result is cached.
+
+A card public key with the right CKA_ID but another label (OpenSC's PIV driver:
+"PIV AUTH pubkey" for "PIV AUTH key") does not satisfy BIND 9.16 or libp11,
+which look the public key up by the private key's label.  The derived key then
+replaces it: the card's own is hidden from searches (still readable by
+handle), so a lookup by id= (BIND 9.20's pkcs11 URI, Knot, OpenDNSSEC) keeps
+finding exactly one public key.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -26,18 +35,26 @@ _PRIV_ATTRS = (CKA.ID, CKA.LABEL, CKA.KEY_TYPE, CKA.EC_PARAMS, CKA.EC_POINT, CKA
 _CURVE_DER = {type(c).__name__: der for der, c in EC_CURVES.items()}
 
 
-def missing_public_keys(fn: Fn, session: int) -> tuple[int, list[tuple[int, dict[int, bytes]]]]:
-    """(number of private keys seen, [(card private handle, derived public key attributes)])."""
+class Missing(NamedTuple):
+    seen: int  # private keys visible (0: not logged in yet)
+    derived: list[tuple[int, dict[int, bytes]]]  # (card private handle, public key attributes)
+    shadowed: set[int]  # card public keys with the same CKA_ID but another label: to hide
+
+
+def missing_public_keys(fn: Fn, session: int) -> Missing:
     privs = find(fn, session, {CKA.CLASS: ulong(CKO.PRIVATE_KEY)})
     if not privs:
-        return 0, []
+        return Missing(0, [], set())
     # BIND 9.16 and libp11 look the public key up by the private key's LABEL
     # (and ID); OpenSC's PIV driver labels them differently ("PIV AUTH key" vs
     # "PIV AUTH pubkey"), so a public key only counts if both match.
     pub_ids = set()
+    pubs_by_id: dict[bytes | None, list[int]] = {}
     for h in find(fn, session, {CKA.CLASS: ulong(CKO.PUBLIC_KEY)}):
         pa = read_attributes(fn, session, h, (CKA.ID, CKA.LABEL))
         pub_ids.add((pa.get(CKA.ID), pa.get(CKA.LABEL, b"")))
+        pubs_by_id.setdefault(pa.get(CKA.ID), []).append(h)
+    shadowed: set[int] = set()
     out = []
     certs: dict[bytes, bytes] | None = None
     for h in privs:
@@ -65,7 +82,8 @@ def missing_public_keys(fn: Fn, session: int) -> tuple[int, list[tuple[int, dict
                  CKA.START_DATE: b"", CKA.END_DATE: b""}
         attrs.update(pub)
         out.append((h, attrs))
-    return len(privs), out
+        shadowed.update(pubs_by_id.get(kid, ()))
+    return Missing(len(privs), out, shadowed)
 
 
 def _from_private(a: dict[int, bytes]) -> dict[int, bytes] | None:

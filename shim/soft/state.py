@@ -18,9 +18,13 @@ class Completion:
         self.objects = ObjectStore()
         self.advertise_keygen = cfg.advertise_keygen
         self.scanned_slots: set[int] = set()  # slots whose private keys were seen (derived keys made)
+        # Card public keys replaced by a derived one (same CKA_ID, other label): hidden from
+        # searches so that a lookup by id= still finds exactly one public key.
+        self.shadowed: dict[int, set[int]] = {}
 
     def reset(self) -> None:
         """After fork or C_Finalize: no session survives, the card may change."""
         self.objects.clear()
         self.caps.forget()
         self.scanned_slots.clear()
+        self.shadowed.clear()

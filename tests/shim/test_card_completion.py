@@ -86,3 +86,28 @@ def test_bind916_admission_fails_without_the_shim_on_a_card(shim_env):
                                extra_env={"EC_LABEL": shim_env.card.keys["ec"].label})
     refused = proc.returncode != 0 or json.loads(proc.stdout)["admitted"] is False
     assert refused, proc.stdout
+
+
+ONE_PUBLIC_KEY_PER_ID = """
+import json, PyKCS11
+lib = PyKCS11.PyKCS11Lib(); lib.load(MODULE)
+s = lib.openSession(lib.getSlotList(tokenPresent=True)[0]); s.login(PIN)
+label = lambda o: s.getAttributeValue(o, [PyKCS11.CKA_LABEL])[0]
+out = {}
+for kid in os.environ["KEY_IDS"].split():
+    find = lambda cls: s.findObjects([(PyKCS11.CKA_CLASS, cls), (PyKCS11.CKA_ID, bytes.fromhex(kid))])
+    pubs, privs = find(PyKCS11.CKO_PUBLIC_KEY), find(PyKCS11.CKO_PRIVATE_KEY)
+    out[kid] = {"public": [label(o) for o in pubs], "private": [label(o) for o in privs]}
+print(json.dumps(out))
+"""
+
+
+def test_lookup_by_id_or_label_finds_one_matching_public_key(shim_env):
+    """BIND 9.16/libp11 find the public key by the private key's label, BIND
+    9.20/Knot/OpenDNSSEC by CKA_ID: both must find exactly one public key,
+    labelled like its private key (PIV cards label them differently)."""
+    ids = " ".join(k.id.hex() for k in shim_env.card.keys.values())
+    res = json.loads(shim_env.run_python(ONE_PUBLIC_KEY_PER_ID, extra_env={"KEY_IDS": ids}).stdout)
+    for kid, found in res.items():
+        assert len(found["private"]) == 1, (kid, found)
+        assert found["public"] == found["private"], (kid, found)
