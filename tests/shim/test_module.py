@@ -226,3 +226,16 @@ def test_forked_child_reinitialises_and_signs(shim_env, c_host):
     assert [c["rv"] for c in child if c["fn"] == "C_Sign"] == ["CKR_OK"] * 5
     epochs = {r["epoch"] for r in shim_env.records() if r["pid"] == child[0]["pid"]}
     assert len(epochs) == 1 and epochs != {calls[0]["epoch"]}
+
+
+def test_broken_config_refuses_initialisation_and_says_why(shim_env, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[audit]\non_failure = 'maybe'\n")
+    out = shim_env.run(["pkcs11-tool", "--module", shim_env.module, "-L"], check=False,
+                       extra_env={"SC4DNSSEC_CONF": str(bad)})
+    assert out.returncode == 1 and "CKR_GENERAL_ERROR" in out.stdout + out.stderr
+    assert "on_failure" in out.stderr  # the operator learns which setting is wrong
+    config = [r for r in shim_env.records() if r["kind"] == "config"]
+    assert config and "on_failure" in config[-1]["error"]
+    init = [c for c in shim_env.calls() if c["fn"] == "C_Initialize"]
+    assert init[-1]["rv"] == "CKR_GENERAL_ERROR" and "configuration error" in init[-1]["error"]
