@@ -99,7 +99,8 @@ def bind916() -> None:
             b("C_OpenSession", slot="$slot", flags="0x4", opened=s)
         b("C_Login", session=sessions[0], user="CKU_USER")
         k = "rsa" if kind == "rsa" else "ec"
-        (priv,) = b.find(sessions[0], {"CKA_CLASS": "CKO_PRIVATE_KEY", "CKA_TOKEN": True, "CKA_LABEL": f"${{{k}.label}}"})
+        (priv,) = b.find(sessions[0], {"CKA_CLASS": "CKO_PRIVATE_KEY", "CKA_TOKEN": True,
+                                       "CKA_LABEL": f"${{{k}.label}}"})
         for r in range(4 if n_sessions > 1 else 3):
             s = sessions[r % n_sessions]
             if k == "ec":
@@ -300,7 +301,8 @@ def others() -> None:
     b("C_Login", session="$s1", user="CKU_USER")
     b("C_Login", "CKR_OK|CKR_USER_ALREADY_LOGGED_IN", session="$s2", user="CKU_USER",
       note="Knot logs in again; the login is shared across sessions")
-    for s, (k, mech, n, siglen) in zip(("$s2", "$s3"), (("ec", "CKM_ECDSA", 32, 64), ("rsa", "CKM_RSA_PKCS", 51, 256))):
+    plan = (("ec", "CKM_ECDSA", 32, 64), ("rsa", "CKM_RSA_PKCS", 51, 256))
+    for s, (k, mech, n, siglen) in zip(("$s2", "$s3"), plan, strict=True):
         (priv,) = b.find(s, {"CKA_CLASS": "CKO_PRIVATE_KEY", "CKA_ID": f"${{{k}.id}}"})
         b.find(s, {"CKA_CLASS": "CKO_PUBLIC_KEY", "CKA_ID": f"${{{k}.id}}"})
         for r in range(2):

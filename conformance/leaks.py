@@ -13,7 +13,7 @@ def leak_report(worker: Worker, steps: list[dict[str, Any]], results: list[dict[
     opened: dict[str, int] = {}
     closed: set[int] = set()
     finalized = False
-    for st, r in zip(steps, results):
+    for st, r in zip(steps, results, strict=False):
         if r.get("rv") != CKR.OK:
             continue
         a = st["args"]
@@ -47,7 +47,7 @@ def leak_report(worker: Worker, steps: list[dict[str, Any]], results: list[dict[
               {"fn": "C_CloseSession", "args": {"session": "$p"}, "ctx": "probe"},
               {"fn": "C_Finalize", "args": {}, "ctx": "probe"}]
     res = worker.run(probe)
-    for st, r in zip(probe, res):
+    for st, r in zip(probe, res, strict=False):
         rv = r.get("rv")
         if st["fn"] == "C_FindObjectsInit" and st["args"]["template"] == {} and rv == CKR.OPERATION_ACTIVE:
             problems.append(f"session {st['args']['session']} left a search active")

@@ -18,7 +18,7 @@ from conformance.allowed_rv import violation
 from conformance.client import Worker
 from conformance.sequence import Sequence, Step, matches
 from conformance.values import const, placeholder
-from shim.constants import CKA, CKM, CKR, MechanismFlag, name_of
+from shim.constants import CKM, CKR, MechanismFlag, name_of
 
 DataGen = Callable[[int, str, int], bytes]  # (step index, fn, length) -> bytes
 
@@ -29,6 +29,9 @@ def random_data(_i: int, _fn: str, n: int) -> bytes:
 
 def digestinfo(data: bytes) -> bytes:
     return crypto.DIGESTINFO_SHA256 + hashlib.sha256(data).digest()
+
+
+_DATA_FNS = ("C_Sign", "C_SignUpdate", "C_Digest", "C_DigestUpdate", "C_Verify", "C_VerifyUpdate")
 
 
 def instantiate(seq: Sequence, gen: DataGen = random_data) -> list[dict[str, Any]]:
@@ -42,7 +45,7 @@ def instantiate(seq: Sequence, gen: DataGen = random_data) -> list[dict[str, Any
         if s.fn == "C_SignInit":
             mech[(s.ctx, args.get("session"))] = str(args.get("mechanism"))
         wants_data = "data_len" in args and ("data" not in args or placeholder(args["data"]) == "data")
-        if wants_data and s.fn in ("C_Sign", "C_SignUpdate", "C_Digest", "C_DigestUpdate", "C_Verify", "C_VerifyUpdate"):
+        if wants_data and s.fn in _DATA_FNS:
             n = int(args["data_len"])
             if s.fn == "C_Sign" and mech.get((s.ctx, args.get("session"))) == "CKM_RSA_PKCS" and n == 51:
                 raw = digestinfo(gen(i, s.fn, 32))
@@ -112,7 +115,7 @@ def judge(seq: Sequence, steps: list[dict[str, Any]], results: list[dict[str, An
     last_digest: dict[str, bytes] = {}
     outcomes: list[StepOutcome] = []
     sigs: list[dict[str, Any]] = []
-    for i, (s, st, res) in enumerate(zip(seq.steps, steps, results)):
+    for i, (s, st, res) in enumerate(zip(seq.steps, steps, results, strict=False)):
         rv = res.get("rv")
         o = StepOutcome(i, s.fn, rv, s.expectation)
         outcomes.append(o)
@@ -222,12 +225,13 @@ def discover(worker: Worker, token_label: str, pin: str, key_labels: dict[str, t
                   {"fn": "C_FindObjects", "args": {"session": "$s", "maxObjectCount": 1, "found": [f"$pub.{kind}"]}},
                   {"fn": "C_FindObjectsFinal", "args": {"session": "$s"}}]
         for a in attrs[kind]:
-            steps += [{"fn": "C_GetAttributeValue", "args": {"session": "$s", "object": f"$pub.{kind}", "template": {a: None}}},
+            steps += [{"fn": "C_GetAttributeValue",
+                       "args": {"session": "$s", "object": f"$pub.{kind}", "template": {a: None}}},
                       {"fn": "C_GetAttributeValue", "args": {"session": "$s", "object": f"$pub.{kind}",
                                                               "template": {a: "<1 bytes>"}}}]
     steps += [{"fn": "C_CloseSession", "args": {"session": "$s"}}, {"fn": "C_Finalize", "args": {}}]
     res = worker.run(steps)
-    for st, r2 in zip(steps, res):
+    for st, r2 in zip(steps, res, strict=False):
         if st["fn"] == "C_GetAttributeValue" and r2["rv"] == 0 and "<" in str(st["args"]["template"]):
             (name, val), = r2["out"]["values"].items()
             short = {"CKA_EC_PARAMS": "ec.params", "CKA_EC_POINT": "ec.point", "CKA_MODULUS": "rsa.modulus",

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import rawp11  # noqa: E402
 
 from conformance.values import const, encode_attr, placeholder, sized  # noqa: E402
-from shim.constants import CKA, CKR  # noqa: E402
+from shim.constants import CKR  # noqa: E402
 
 _OUT_SYMBOLS = ("opened", "object", "copy", "publicKey", "privateKey")
 
@@ -132,7 +132,7 @@ class Runner:
                 if isinstance(sym, str) and sym.startswith("$") and key in out and sym not in c.handles:
                     c.handles[sym] = out[key]
             if isinstance(args.get("found"), list):
-                for sym, h in zip(args["found"], out.get("found", [])):
+                for sym, h in zip(args["found"], out.get("found", []), strict=False):
                     if isinstance(sym, str) and sym.startswith("$"):
                         c.handles[sym] = h
         return {"rv": int(rv), "out": out}

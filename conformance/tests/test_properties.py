@@ -50,7 +50,7 @@ def test_signing_sequences_hold_for_any_data(data: st.DataObject, path: Path, ca
     shim_out = _assert_judged(seq, steps, shim.run(steps), bindings)
     direct_res = direct.run(steps)
     direct_out = judge(seq, steps, direct_res, bindings)
-    for a, b in zip(shim_out.signatures, direct_out.signatures):
+    for a, b in zip(shim_out.signatures, direct_out.signatures, strict=False):
         if a["mechanism"] in (0x1, 0x40, 0x6, 0x43) and a["data"] == b["data"]:  # RSA: deterministic
             assert a["sig"] == b["sig"], f"step {a['index']}: shim and card RSA signatures differ"
 
@@ -118,7 +118,7 @@ def test_threads_signing_at_once_all_verify(data: st.DataObject, threads: int, p
         seqs.append(seq)
         groups.append(instantiate(seq, _gen(data)))
     results = shim.threads(groups)
-    for seq, steps, res in zip(seqs, groups, results):
+    for seq, steps, res in zip(seqs, groups, results, strict=False):
         _assert_judged(seq, steps, res, bindings)
     shim.run([{"fn": "C_Finalize", "args": {}}])
 

@@ -9,9 +9,9 @@ import pytest
 
 from conformance import sequence as seqmod
 from conformance.client import Worker
+from conformance.leaks import leak_report
 from conformance.replay import instantiate, judge
 from conformance.sequence import Sequence
-from conformance.leaks import leak_report
 
 SEQUENCES = seqmod.all_sequences()
 
