@@ -44,6 +44,19 @@ _HASHED_DATA = {
 }
 
 
+_MECH_NAMES: dict[int, str] = {}
+
+
+def _mech_name(m: int) -> str:
+    """name_of(CKM, m), cached: C_SignInit names its mechanism on every signature."""
+    name = _MECH_NAMES.get(m)
+    if name is None:
+        name = name_of(CKM, m)
+        if len(_MECH_NAMES) < 1024:
+            _MECH_NAMES[m] = name
+    return name
+
+
 def _ulong(v: bytes) -> int:
     return int.from_bytes(v, "little") if len(v) in (1, 2, 4, 8) else -1
 
@@ -77,7 +90,7 @@ def template_summary(ptr: Any, count: int) -> dict[str, Any] | str:
 
 
 def _mechanism(ptr: Any) -> str | None:
-    return None if ptr == NULL else name_of(CKM, int(ptr.mechanism))
+    return None if ptr == NULL else _mech_name(int(ptr.mechanism))
 
 
 def _put(key: str, i: int, render: Callable[[Any], Any] = int) -> Summariser:
