@@ -68,15 +68,14 @@ def convert(records: list[dict[str, Any]], keys: dict[str, tuple[str, str]] | No
                 continue
             else:
                 args[k] = v
+        args.pop("new_object", None)
+        made = a.get("new_object")  # the handle C_CreateObject/C_CopyObject returned
         if fn == "C_CreateObject":
-            args["object"] = obj(a["object"]) if isinstance(a.get("object"), int) else "$new"
+            args["object"] = obj(made) if isinstance(made, int) else "$new"
         if fn == "C_CopyObject":
-            src = a.get("object")
-            if r.get("src") == "soft":  # the shim made the copy: "object" is the new handle
-                args["copy"] = obj(src)
-                args.pop("object", None)
-            else:
-                args["object"] = obj(src)
+            args["object"] = obj(a.get("object"))  # the source, from the argument summary
+            if isinstance(made, int):
+                args["copy"] = obj(made)
         step = Step(fn, args, r.get("rv"))
         if fn in ("C_CopyObject", "C_CreateObject") and r.get("rv") == "CKR_OK":
             key = "copy" if fn == "C_CopyObject" else "object"

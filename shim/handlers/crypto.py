@@ -204,11 +204,26 @@ def _finish_verify(st: dict[str, Any], call: Call, op: Any, sig: bytes) -> int:
     return CKR.OK
 
 
+
+def _not_active(shim: Shim, st: dict[str, Any] | None, name: str, *args: Any) -> int:
+    """No shim-side verify/digest operation on this session.  Every Init of
+    these goes through the shim and is remembered, so for a known session the
+    answer is CKR_OPERATION_NOT_INITIALIZED — not the "not supported" of a card
+    that lacks the function, nor OpenSC's CKR_ARGUMENTS_BAD.  Unknown sessions
+    are the card's to judge."""
+    if st is not None:
+        return CKR.OPERATION_NOT_INITIALIZED
+    rv = int(shim.backend.fn[name](*args))
+    return CKR.SESSION_HANDLE_INVALID if rv == CKR.FUNCTION_NOT_SUPPORTED else rv
+
+
 @handles("C_Verify")
 def verify(shim: Shim, call: Call, h: int, pdata: Any, n: int, psig: Any, nsig: int) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("verify") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_Verify", h, pdata, n, psig, nsig)
+    if op == _CARD:
         rv = int(shim.backend.fn["C_Verify"](h, pdata, n, psig, nsig))
         if st is not None and op == _CARD:
             st["verify"] = None
@@ -226,7 +241,9 @@ def verify(shim: Shim, call: Call, h: int, pdata: Any, n: int, psig: Any, nsig: 
 def verify_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("verify") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_VerifyUpdate", h, ppart, n)
+    if op == _CARD:
         return int(shim.backend.fn["C_VerifyUpdate"](h, ppart, n))
     op.update(read_bytes(ppart, n))
     return CKR.OK
@@ -236,7 +253,9 @@ def verify_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
 def verify_final(shim: Shim, call: Call, h: int, psig: Any, nsig: int) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("verify") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_VerifyFinal", h, psig, nsig)
+    if op == _CARD:
         rv = int(shim.backend.fn["C_VerifyFinal"](h, psig, nsig))
         if st is not None and op == _CARD:
             st["verify"] = None
@@ -277,7 +296,9 @@ def _digest_out(st: dict[str, Any], call: Call, out: Any, plen: Any, value: byte
 def digest(shim: Shim, call: Call, h: int, pdata: Any, n: int, out: Any, plen: Any) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("digest") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_Digest", h, pdata, n, out, plen)
+    if op == _CARD:
         rv = int(shim.backend.fn["C_Digest"](h, pdata, n, out, plen))
         if st is not None and op == _CARD and rv != CKR.BUFFER_TOO_SMALL and not (rv == CKR.OK and out == NULL):
             st["digest"] = None
@@ -293,7 +314,9 @@ def digest(shim: Shim, call: Call, h: int, pdata: Any, n: int, out: Any, plen: A
 def digest_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("digest") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_DigestUpdate", h, ppart, n)
+    if op == _CARD:
         return int(shim.backend.fn["C_DigestUpdate"](h, ppart, n))
     op.update(read_bytes(ppart, n))
     return CKR.OK
@@ -303,7 +326,9 @@ def digest_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
 def digest_key(shim: Shim, call: Call, h: int, h_key: int) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("digest") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_DigestKey", h, h_key)
+    if op == _CARD:
         return int(shim.backend.fn["C_DigestKey"](h, h_key))
     obj = shim.soft.objects.get(int(h_key))
     if obj is None or as_ulong(obj.attrs.get(CKA.CLASS)) != CKO.SECRET_KEY or CKA.VALUE in obj.secret_attrs:
@@ -316,7 +341,9 @@ def digest_key(shim: Shim, call: Call, h: int, h_key: int) -> int:
 def digest_final(shim: Shim, call: Call, h: int, out: Any, plen: Any) -> int:
     st = shim.sessions.get(int(h))
     op = st.get("digest") if st else None
-    if op is None or op == _CARD:
+    if op is None:
+        return _not_active(shim, st, "C_DigestFinal", h, out, plen)
+    if op == _CARD:
         rv = int(shim.backend.fn["C_DigestFinal"](h, out, plen))
         if st is not None and op == _CARD and rv != CKR.BUFFER_TOO_SMALL and not (rv == CKR.OK and out == NULL):
             st["digest"] = None

@@ -50,7 +50,7 @@ def create_object(shim: Shim, call: Call, h: int, ptmpl: Any, count: int, ph: An
     attrs, secret = complete_template(template)
     obj = shim.soft.objects.add(st["slot"], int(h), attrs, secret)
     ph[0] = obj.handle
-    call.args["object"] = obj.handle
+    call.args["new_object"] = obj.handle  # "object" (from the summary) stays the source
     call.src = "soft"
     return CKR.OK
 
@@ -66,6 +66,9 @@ def copy_object(shim: Shim, call: Call, h: int, h_obj: int, ptmpl: Any, count: i
     if src is None:
         if not caps.lacks("C_CopyObject"):
             rv = int(shim.backend.fn["C_CopyObject"](h, h_obj, ptmpl, count, ph))
+            if rv == CKR.OK:
+                call.args["new_object"] = int(ph[0])
+                call.src = "card"
             if rv != CKR.FUNCTION_NOT_SUPPORTED:
                 return rv
             caps.remember_missing("C_CopyObject")
@@ -87,7 +90,7 @@ def copy_object(shim: Shim, call: Call, h: int, h_obj: int, ptmpl: Any, count: i
     attrs, secret = complete_template(merged)
     obj = shim.soft.objects.add(st["slot"], int(h), attrs, secret | (src.secret_attrs if src else frozenset()))
     ph[0] = obj.handle
-    call.args["object"] = obj.handle
+    call.args["new_object"] = obj.handle  # "object" (from the summary) stays the source
     call.src = "soft"
     return CKR.OK
 
