@@ -117,3 +117,45 @@ def record_figure(name: str, value: Any) -> None:
     data = json.loads(p.read_text()) if p.exists() else {}
     data[name] = value
     p.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+SIGNER = HERE / "signer.py"
+
+
+def signer_env(run: ShimRun) -> dict[str, str]:
+    return {"P11_MODULE": run.module, "P11_PIN": run.pin}
+
+
+def check_signatures(path: Path) -> tuple[int, list[str]]:
+    """Verify every signature in a signer.py output file; returns (verified, errors seen)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+    pubs: dict[str, Any] = {}
+    ok, errors = 0, []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line cut by SIGKILL
+            continue
+        if "pub" in r:
+            p = r["pub"]
+            if "ec" in p:
+                point = bytes.fromhex(p["ec"])
+                raw = point[2:] if point[0] == 4 and len(point) == 67 else point
+                pubs["ec"] = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
+            if "rsa" in p:
+                n, e = (int(x, 16) for x in p["rsa"])
+                pubs["rsa"] = rsa.RSAPublicNumbers(e, n).public_key()
+        elif "err" in r:
+            errors.append(r["err"])
+        else:
+            d, s = bytes.fromhex(r["d"]), bytes.fromhex(r["s"])
+            if r["k"] == "ec":
+                h = len(s) // 2
+                der = utils.encode_dss_signature(int.from_bytes(s[:h], "big"), int.from_bytes(s[h:], "big"))
+                pubs["ec"].verify(der, d, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+            else:
+                pubs["rsa"].verify(s, d, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+            ok += 1
+    return ok, errors
