@@ -12,7 +12,6 @@
 #                               run CMD in the root with exactly the given environment (plus PATH,
 #                               HOME, LANG); the dirs given with -b (and the directory of
 #                               PCSCLITE_CSOCK_NAME, if set) are bind-mounted at the same path
-#   trixie_openssl_cnf MODULE   print the scoped openssl.cnf loading pkcs11-provider over MODULE
 #
 # Mount leaks: in_root does its mounts inside a private mount namespace (unshare -m) that exists
 # only as long as the command, so even a SIGKILLed run leaves no mount behind on the host.
@@ -245,45 +244,15 @@ trixie_provider_path() {
     printf '/usr/lib/%s-linux-gnu/ossl-modules/pkcs11.so\n' "$(uname -m)"
 }
 
-# The openssl.cnf that loads pkcs11-provider over MODULE with early loading. To be set ONLY for the
-# signing processes (OPENSSL_CONF=...), never system-wide: dig/delv/host/rndc abort with it.
-# Same content as `sc4dnssec openssl-cnf` prints.
-trixie_openssl_cnf() {
-    local module=${1:?module path} provider=${2:-$(trixie_provider_path)}
-    cat <<EOF
-# smartcards4dnssec: pkcs11-provider over the shim.
-# Use ONLY as OPENSSL_CONF=<this file> for dnssec-* tools and named.
-openssl_conf = openssl_init
-
-[openssl_init]
-providers = provider_sect
-
-[provider_sect]
-default = default_sect
-pkcs11 = pkcs11_sect
-
-[default_sect]
-activate = 1
-
-[pkcs11_sect]
-module = $provider
-pkcs11-module-path = $module
-# early: with lazy loading BIND's self-check takes paths cards cannot serve
-pkcs11-module-load-behavior = early
-activate = 1
-EOF
-}
-
-# Command mode: ci/lib/trixie.sh root|mirror|complete|openssl-cnf MODULE|run [in_root args...]
+# Command mode: ci/lib/trixie.sh root|mirror|complete|run [in_root args...]
 if ! (return 0 2>/dev/null); then
     set -euo pipefail
     case ${1:-} in
         root) trixie_root ;;
         mirror) trixie_mirror ;;
         complete) trixie_root_complete "$(trixie_root)" ;;
-        openssl-cnf) shift; trixie_openssl_cnf "$@" ;;
         run) shift; SC4_IN_ROOT_ARGV=(); _in_root_argv "$@"; exec "${SC4_IN_ROOT_ARGV[@]}" ;;
-        *) printf 'usage: %s root|mirror|complete|openssl-cnf MODULE|run [-b DIR]... [-C DIR] [VAR=VAL]... CMD...\n' "$0" >&2
+        *) printf 'usage: %s root|mirror|complete|run [-b DIR]... [-C DIR] [VAR=VAL]... CMD...\n' "$0" >&2
            exit 2 ;;
     esac
 fi

@@ -142,14 +142,10 @@ class Trixie:
         raise Missing(f"{name} is not installed in the Debian 13 root {self.root}")
 
     def openssl_cnf(self, module: str) -> str:
-        """The scoped openssl.cnf (ci/lib/trixie.sh; the same text as `sc4dnssec openssl-cnf`)."""
-        proc = subprocess.run(
-            [str(TRIXIE_SH), "openssl-cnf", module, self.find_lib("pkcs11.so")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return proc.stdout
+        """The scoped openssl.cnf, from the shim's own generator (``sc4dnssec openssl-cnf``)."""
+        from shim.cli import openssl_cnf
+
+        return openssl_cnf(module, self.find_lib("pkcs11.so"))
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
