@@ -9,6 +9,7 @@ state saving works); mechanisms software does not know are forwarded.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shim.constants import CKA, CKK, CKM, CKO, CKR, MechanismFlag
@@ -237,16 +238,24 @@ def verify(shim: Shim, call: Call, h: int, pdata: Any, n: int, psig: Any, nsig: 
         st["verify"] = None
 
 
-@handles("C_VerifyUpdate")
-def verify_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("verify") if st else None
-    if op is None:
-        return _not_active(shim, st, "C_VerifyUpdate", h, ppart, n)
-    if op == _CARD:
-        return int(shim.backend.fn["C_VerifyUpdate"](h, ppart, n))
-    op.update(read_bytes(ppart, n))
-    return CKR.OK
+def _updater(kind: str, name: str) -> Callable[..., int]:
+    """C_VerifyUpdate / C_DigestUpdate: feed the shim's operation, or the card's."""
+
+    def update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
+        st = shim.sessions.get(int(h))
+        op = st.get(kind) if st else None
+        if op is None:
+            return _not_active(shim, st, name, h, ppart, n)
+        if op == _CARD:
+            return int(shim.backend.fn[name](h, ppart, n))
+        op.update(read_bytes(ppart, n))
+        return CKR.OK
+
+    update.__name__ = f"{kind}_update"
+    return handles(name)(update)
+
+
+verify_update = _updater("verify", "C_VerifyUpdate")
 
 
 @handles("C_VerifyFinal")
@@ -310,16 +319,7 @@ def digest(shim: Shim, call: Call, h: int, pdata: Any, n: int, out: Any, plen: A
     return _digest_out(st, call, out, plen, op.peek_with(read_bytes(pdata, n)))
 
 
-@handles("C_DigestUpdate")
-def digest_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("digest") if st else None
-    if op is None:
-        return _not_active(shim, st, "C_DigestUpdate", h, ppart, n)
-    if op == _CARD:
-        return int(shim.backend.fn["C_DigestUpdate"](h, ppart, n))
-    op.update(read_bytes(ppart, n))
-    return CKR.OK
+digest_update = _updater("digest", "C_DigestUpdate")
 
 
 @handles("C_DigestKey")
