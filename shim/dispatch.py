@@ -73,6 +73,44 @@ def forward(name: str) -> Handler:
     return handler
 
 
+INSTALLED: dict[str, Handler] = {}  # name -> the handler bound to the entry (for _abandon)
+_OPS = ("Sign", "SignRecover", "Verify", "VerifyRecover", "Digest", "Encrypt", "Decrypt")
+_DUMMY = 32  # bytes of throwaway input: a SHA-256-sized digest every signing mechanism accepts
+
+
+def _abandon(shim: Shim, name: str, args: tuple[Any, ...]) -> None:
+    """End the operation a call left active in the backend when fail-closed turned its CKR_OK
+    into an error: PKCS#11 v2.40 says an error ends the operation, so the caller's next
+    C_SignInit on that session would otherwise get CKR_OPERATION_ACTIVE forever (found by
+    tests/reliability disk-full).  Any call other than BUFFER_TOO_SMALL ends it; results are
+    thrown away and not audited (the audit log is what failed)."""
+    from shim.ffi import NULL, ffi
+
+    op = name[2:].removesuffix("Init").removesuffix("Update").removesuffix("Final")
+    h = args[0]
+    if name == "C_FindObjectsInit":
+        INSTALLED["C_FindObjectsFinal"](shim, Call("C_FindObjectsFinal"), h)
+        return
+    if op not in _OPS:
+        return
+    single = name.endswith("Init") or name == f"C_{op}"
+    if name == f"C_{op}" and args[-2] != NULL:  # a completed single-part call ended the operation
+        return
+    if name.endswith("Final") and args[-2] != NULL:
+        return
+    data = ffi.new("CK_BYTE[]", _DUMMY)
+    out = ffi.new("CK_BYTE[]", 16384)
+    n = ffi.new("CK_ULONG *", 16384)
+    fn = f"C_{op}" if single else f"C_{op}Final"
+    if op == "Verify":
+        args2: tuple[Any, ...] = (h, data, _DUMMY, out, 64) if single else (h, out, 64)
+    elif single:
+        args2 = (h, data, _DUMMY, out, n)
+    else:
+        args2 = (h, out, n)
+    INSTALLED[fn](shim, Call(fn), *args2)
+
+
 def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
     summarise = compile_summariser(next(f for f in FUNCTIONS if f.name == name))
     needs_init = name not in _BEFORE_INIT
@@ -103,7 +141,13 @@ def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
         if spec_rv is not None and rv in spec_rv:
             call.error = call.error or f"backend returned {CKR(rv).name}"
             rv = spec_rv[rv]
-        return shim.record_call(call, rv, t0)
+        out = shim.record_call(call, rv, t0)
+        if out != rv and rv == CKR.OK:  # fail-closed refused a call that had succeeded
+            try:
+                _abandon(shim, name, args)
+            except Exception:  # noqa: BLE001, S110 - best effort; the caller already gets an error
+                pass
+        return out
 
     entry.__name__ = f"entry_{name}"
     return entry
@@ -117,6 +161,7 @@ def install(shim: Shim, ffi: Any) -> None:
         if spec.name in C_ONLY:
             continue
         handler = HANDLERS.get(spec.name) or forward(spec.name)
+        INSTALLED[spec.name] = handler
         ffi.def_extern(name=f"sc4py_{spec.name}", error=int(CKR.GENERAL_ERROR))(
             make_entry(shim, spec.name, handler)
         )
