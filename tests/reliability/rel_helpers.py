@@ -159,3 +159,63 @@ def check_signatures(path: Path) -> tuple[int, list[str]]:
                 pubs["rsa"].verify(s, d, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
             ok += 1
     return ok, errors
+
+
+# /dev/log for one child: a private mount namespace whose /dev is a small tmpfs holding the
+# usual device nodes (bind mounts) and ``log`` -> the test's own datagram socket.  The
+# shim's writer has a syslog_path but no setting for it, and the host may have no /dev/log.
+_DEVLOG_SCRIPT = r"""
+set -e
+d="$1"; sock="$2"; shift 2
+mount -t tmpfs -o size=1m,mode=755 tmpfs "$d"
+for n in null zero full random urandom tty; do
+  if [ -e "/dev/$n" ]; then touch "$d/$n"; mount --bind "/dev/$n" "$d/$n"; fi
+done
+mkdir "$d/shm" "$d/pts"
+mount --bind /dev/shm "$d/shm"
+ln -s /proc/self/fd "$d/fd"
+ln -s /proc/self/fd/0 "$d/stdin"; ln -s /proc/self/fd/1 "$d/stdout"; ln -s /proc/self/fd/2 "$d/stderr"
+ln -s "$sock" "$d/log"
+mount --move "$d" /dev
+exec "$@"
+"""
+
+
+def devlog_prefix(workdir: Path, sock: Path) -> list[str]:
+    """Command prefix: run the rest with /dev/log pointing at ``sock`` (needs root)."""
+    d = workdir / "devns"
+    d.mkdir(parents=True, exist_ok=True)
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", _DEVLOG_SCRIPT, "sh", str(d), str(sock)]
+
+
+class SyslogCapture:
+    """A unix datagram socket collecting what a child sends to /dev/log."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        import threading
+
+        self.path = path
+        self.messages: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self.messages.append(self.sock.recv(1 << 20))
+            except OSError:
+                continue
+
+    def close(self) -> list[bytes]:
+        import time
+
+        time.sleep(0.3)
+        self._stop = True
+        self._t.join()
+        self.sock.close()
+        return self.messages
