@@ -316,7 +316,7 @@ class AuditWriter:
         fd = self._fd if self._fd is not None else self._open()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            size = os.fstat(fd).st_size
+            size = os.lseek(fd, 0, os.SEEK_END)  # the size; 0.4 us, fstat() builds a stat_result (1.5 us)
             seq, head = self._seq, self._head
             lines: list[bytes] = []
             shipped: list[tuple[str, str, bytes]] = []  # (ts, kind, line) for syslog
