@@ -30,8 +30,8 @@ class Plan:
     bind_big: bool  # also 10,000 names
 
 
-FULL = Plan(reps=5, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=11, card_reps=3, card_sigs=20,
-            bind_reps=3, bind_big=True)
+FULL = Plan(reps=7, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=15, card_reps=3, card_sigs=30,
+            bind_reps=5, bind_big=True)
 QUICK = Plan(reps=3, n_sign=500, n_info=5000, thread_reps=1, startup_reps=5, card_reps=1, card_sigs=6,
              bind_reps=1, bind_big=False)
 CARD_LATENCY_MS = 100.0
@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             r.threads = thread_scaling(exe, w, hsm.pin, plan.thread_reps, plan.n_sign * 2, plan.n_info * 4)
 
         def startup() -> None:
-            from bench.startup import startup as run
+            from bench.startup import import_profile, startup as run
 
             r.startup = run(exe, w, plan.startup_reps)
+            r.startup_imports = import_profile(exe, w["shim"])
 
         def card() -> None:
             from bench.card import card_rate, virtual_card
@@ -102,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                 r.bind.append(b.bind_runs(s, 1000, threads_, plan.bind_reps))
             r.bind_audit = b.audit_check(s, 1000, 4)
             if plan.bind_big:
-                r.bind.append(b.bind_runs(s, 10000, 1, plan.bind_reps))
+                r.bind.append(b.bind_runs(s, 10000, 1, max(1, plan.bind_reps - 2)))
 
         def profile() -> None:
-            from bench.profile import profile as prof
+            from bench.profile import profile as prof, split
+
+            r.split = split(w["shim"], hsm.pin, plan.reps)
 
             r.profiles = {op: prof(w["shim"], hsm.pin, op, n, work)
                           for op, n in (("sign", plan.n_sign), ("sessioninfo", plan.n_info))}
