@@ -111,10 +111,33 @@ def _abandon(shim: Shim, name: str, args: tuple[Any, ...]) -> None:
     INSTALLED[fn](shim, Call(fn), *args2)
 
 
+def _token_removed(shim: Shim, h: Any) -> bool:
+    """Is the token of session ``h`` gone?  OpenSC answers CKR_GENERAL_ERROR when the card is
+    pulled in the middle of an APDU exchange (found by tests/reliability card faults); pcscd
+    notices the removal up to ~400 ms later, so ask a few times (error path only)."""
+    from shim.constants import SlotFlag
+    from shim.ffi import ffi
+
+    session = shim.sessions.get(int(h))
+    if session is None or "slot" not in session:
+        return False
+    info = ffi.new("CK_SLOT_INFO *")
+    for _ in range(6):
+        rv = shim.backend.fn["C_GetSlotInfo"](session["slot"], info)
+        if rv == CKR.DEVICE_REMOVED or (rv == CKR.OK and not info.flags & SlotFlag.TOKEN_PRESENT):
+            return True
+        if rv != CKR.OK:
+            return False
+        time.sleep(0.1)
+    return False
+
+
 def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
     summarise = compile_summariser(next(f for f in FUNCTIONS if f.name == name))
     needs_init = name not in _BEFORE_INIT
     spec_rv = _SPEC_RV.get(name)
+    spec = next(f for f in FUNCTIONS if f.name == name)
+    has_session = bool(spec.params) and spec.params[0].ctype == "CK_SESSION_HANDLE"
     perf = time.perf_counter_ns
 
     def entry(*args: Any) -> int:
@@ -138,6 +161,12 @@ def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
         except Exception as e:  # noqa: BLE001 - the host must never see a Python exception
             rv = CKR.GENERAL_ERROR
             call.error = f"{type(e).__name__}: {e}"
+        if rv == CKR.GENERAL_ERROR and has_session and call.error is None:
+            try:
+                if _token_removed(shim, args[0]):
+                    rv, call.error = CKR.DEVICE_REMOVED, "backend returned CKR_GENERAL_ERROR; token removed"
+            except Exception:  # noqa: BLE001, S110 - keep the backend's answer
+                pass
         if spec_rv is not None and rv in spec_rv:
             call.error = call.error or f"backend returned {CKR(rv).name}"
             rv = spec_rv[rv]
