@@ -147,6 +147,11 @@ def check_signatures(path: Path) -> tuple[int, list[str]]:
             if "rsa" in p:
                 n, e = (int(x, 16) for x in p["rsa"])
                 pubs["rsa"] = rsa.RSAPublicNumbers(e, n).public_key()
+            for k in ("ec", "rsa"):
+                if k + "_cert" in p:
+                    from cryptography import x509
+
+                    pubs[k] = x509.load_der_x509_certificate(bytes.fromhex(p[k + "_cert"])).public_key()
         elif "err" in r:
             errors.append(r["err"])
         else:

@@ -50,9 +50,16 @@ def main() -> int:
 
     s0 = lib.openSession(slot)
     s0.login(pin)
-    ids = {"ec": b"\x01", "rsa": b"\x02"}
+    ids = {"ec": b"\x01", "rsa": b"\x02"}  # SoftHSM test token; SIGNER_IDS="ec=hex,rsa=hex" for cards
+    for item in filter(None, os.environ.get("SIGNER_IDS", "").split(",")):
+        name, _, hexid = item.partition("=")
+        ids[name] = bytes.fromhex(hexid)
     pub = {}
     for k in keys:
+        certs = s0.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_CERTIFICATE), (PyKCS11.CKA_ID, ids[k])])
+        if certs:  # a card: the certificate is what OpenSC finds keys by
+            pub[k + "_cert"] = bytes(s0.getAttributeValue(certs[0], [PyKCS11.CKA_VALUE])[0]).hex()
+            continue
         obj = s0.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PUBLIC_KEY), (PyKCS11.CKA_ID, ids[k])])[0]
         if k == "ec":
             params, point = s0.getAttributeValue(obj, [PyKCS11.CKA_EC_PARAMS, PyKCS11.CKA_EC_POINT])
