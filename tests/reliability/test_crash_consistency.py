@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from signer import SHA256_PREFIX
 from rel_helpers import SIGNER, ShimRun, Token, audit_cli, check_signatures, record_figure, scaled, signer_env
+from signer import SHA256_PREFIX
 
 
 def signed_digests(path: Path) -> set[str]:
