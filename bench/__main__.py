@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             r.threads = thread_scaling(exe, w, hsm.pin, plan.thread_reps, plan.n_sign * 2, plan.n_info * 4)
 
         def startup() -> None:
-            from bench.startup import import_profile, startup as run
+            from bench.startup import import_profile
+            from bench.startup import startup as run
 
             r.startup = run(exe, w, plan.startup_reps)
             r.startup_imports = import_profile(exe, w["shim"])
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 r.bind.append(b.bind_runs(s, 10000, 1, max(1, plan.bind_reps - 2)))
 
         def profile() -> None:
-            from bench.profile import profile as prof, split
+            from bench.profile import profile as prof
+            from bench.profile import split
 
             r.split = split(w["shim"], hsm.pin, plan.reps)
 

@@ -157,4 +157,6 @@ def audit_check(s: Setup, names: int, threads: int) -> str:
             counts[fn] = counts.get(fn, 0) + 1
     status = "verifies" if res.returncode == 0 else f"FAILS VERIFY: {res.stdout[-300:]}{res.stderr[-300:]}"
     top = ", ".join(f"{fn} {n}" for fn, n in sorted(counts.items(), key=lambda kv: -kv[1])[:6])
-    return f"{status}; calls recorded: {top}"
+    signed = count_rrsigs(s.work / f"zone{names}.shim{threads}.signed")
+    per = sum(counts.values()) / signed if signed else 0.0
+    return f"{status}; {sum(counts.values())} calls recorded, {per:.1f} per signature: {top}"

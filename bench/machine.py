@@ -35,10 +35,10 @@ def describe() -> dict[str, str]:
             mem = f"{int(f.readline().split()[1]) // 1024 // 1024} GiB"
     except (OSError, ValueError, IndexError):
         pass
+    from importlib.metadata import version
+
     import cffi
     import PyKCS11  # noqa: F401
-
-    from importlib.metadata import version
 
     osname = "?"
     try:

@@ -48,7 +48,7 @@ def main() -> int:
 
     variants = {"as is": as_is, "body only": body_only, "no record": no_record}
     res: dict[str, dict[str, list[float]]] = {v: {o: [] for o in ops} for v in variants}
-    for r in range(rounds):
+    for _r in range(rounds):
         for v, setup in variants.items():
             setup()
             for o, (f, n) in ops.items():
