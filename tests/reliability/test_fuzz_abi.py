@@ -59,7 +59,7 @@ def run_calls(token: Token, work: Path, calls: list[Any], reproducers: Path) -> 
     return done  # type: ignore[return-value]
 
 
-@settings(max_examples=scaled(100), deadline=None, database=None,
+@settings(max_examples=scaled(250), deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(calls=call_lists("123456", 40))
