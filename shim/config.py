@@ -37,6 +37,7 @@ class Config:
     audit_fsync: str = "none"
     audit_on_failure: str = "fail-closed"
     audit_syslog: bool = False
+    audit_syslog_socket: str = "/dev/log"
     mask_functions: frozenset[str] = frozenset()
     mask_mechanisms: frozenset[int] = frozenset()
     advertise_keygen: bool = True
@@ -122,6 +123,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             audit.get("on_failure", "fail-closed"), "[audit] on_failure", ("fail-closed", "fail-open")
         ),
         audit_syslog=bool(audit.get("syslog", False)),
+        audit_syslog_socket=str(audit.get("syslog_socket", "/dev/log")),
         mask_functions=_functions(mask.get("functions", []), "[mask] functions"),
         mask_mechanisms=frozenset(_mechanism(m) for m in mask.get("mechanisms", [])),
         advertise_keygen=bool(compat.get("advertise_keygen", True)),

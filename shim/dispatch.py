@@ -122,8 +122,10 @@ def _token_removed(shim: Shim, h: Any) -> bool:
     if session is None or "slot" not in session:
         return False
     info = ffi.new("CK_SLOT_INFO *")
-    for _ in range(6):
+    for attempt in range(6):
         rv = shim.backend.fn["C_GetSlotInfo"](session["slot"], info)
+        if attempt == 0 and rv == CKR.OK and not info.flags & SlotFlag.REMOVABLE_DEVICE:
+            return False  # a fixed token (SoftHSM, an HSM): its errors are its own, answer at once
         if rv == CKR.DEVICE_REMOVED or (rv == CKR.OK and not info.flags & SlotFlag.TOKEN_PRESENT):
             return True
         if rv != CKR.OK:

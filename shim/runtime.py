@@ -54,6 +54,7 @@ class Shim:
             fsync=self.config.audit_fsync,
             on_failure=self.config.audit_on_failure,
             syslog=self.config.audit_syslog,
+            syslog_path=self.config.audit_syslog_socket,
         )
         self._allow = self.config.allow_functions
         self.sessions: dict[int, Any] = {}

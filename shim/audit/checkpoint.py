@@ -48,7 +48,9 @@ def checkpoint(log_path: str, private: Ed25519PrivateKey, *, detached: str | Non
                program: str = "sc4dnssec-audit") -> Checkpoint:
     """Verify ``log_path``, append a signed checkpoint record, append it to the detached file."""
     pub = private.public_key()
-    result = verify(log_path, key=pub, checkpoints=detached)
+    # A first checkpoint into a new detached file has nothing to compare with yet.
+    result = verify(log_path, key=pub,
+                    checkpoints=detached if detached is None or os.path.exists(detached) else os.devnull)
     if not result.ok:
         raise CheckpointRefused(f"{log_path} does not verify: seq {result.first_bad_seq}: {result.reason}")
     kid = signing.key_id(pub)

@@ -33,6 +33,7 @@ class SyslogSender:
         self.app = _token(app, 48)
         self.host = _token(socket.gethostname(), 255)
         self.dropped = 0
+        self._announced = 0  # drops already reported to the collector
         self._sock: socket.socket | None = None
         self._next_try = 0.0
 
@@ -59,6 +60,12 @@ class SyslogSender:
             return
         header = f"<{self.facility * 8 + severity}>1 {ts} {self.host} {self.app} {pid} {_token(msgid, 32)} - "
         try:
+            if self.dropped > self._announced:
+                # The collector must learn that it lost records (the file still has them).
+                lost = self.dropped - self._announced
+                sock.send(f"<{self.facility * 8 + SEV_ERR}>1 {ts} {self.host} {self.app} {pid} dropped - "
+                          f"{lost} audit record(s) not shipped to syslog; see the audit file".encode("ascii"))
+                self._announced = self.dropped
             sock.send(header.encode("ascii") + msg)
         except OSError:
             # Full queue or a restarted daemon: drop this one, reconnect next time.
