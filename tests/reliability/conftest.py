@@ -1,5 +1,5 @@
 """Fixtures of the reliability suite: a private SoftHSM token (whatever --card says:
-these tests change tokens, fill disks and kill processes), and figures for RESULTS.md."""
+these tests change tokens, fill disks and kill processes), and figures for the README's Reliability section."""
 
 from __future__ import annotations
 

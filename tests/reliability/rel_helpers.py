@@ -1,5 +1,5 @@
 """Shared helpers of the reliability tests: a private SoftHSM token, shim environments,
-child processes, the audit CLI, and the figures that go into RESULTS.md.
+child processes, the audit CLI, and the figures that go into the README's Reliability section.
 
 A uniquely named module (not conftest) so test files import it without clashing
 with other test directories' helper modules.
@@ -109,7 +109,7 @@ def audit_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 
 def record_figure(name: str, value: Any) -> None:
-    """Add a figure for RESULTS.md to the JSON file named by SC4_RELIABILITY_FIGURES (set by conftest)."""
+    """Add a figure for the README's Reliability section to the JSON file named by SC4_RELIABILITY_FIGURES (set by conftest)."""
     path = os.environ.get(FIGURES_ENV)
     if not path:
         return

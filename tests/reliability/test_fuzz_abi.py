@@ -75,7 +75,7 @@ def test_no_call_list_crashes_the_host_or_returns_a_forbidden_ckr(token: Token, 
 
 
 def test_record_fuzz_figures() -> None:
-    """Runs after the fuzz test (file order): the figures for RESULTS.md."""
+    """Runs after the fuzz test (file order): the figures for the README's Reliability section."""
     if TOTALS["examples"]:
         record_figure("fuzz", {"examples": TOTALS["examples"], "calls": TOTALS["calls"],
                                "functions_called": len(TOTALS["functions"])})
