@@ -10,7 +10,6 @@ object on the token (the shim must present one).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess

@@ -109,7 +109,8 @@ def audit_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 
 def record_figure(name: str, value: Any) -> None:
-    """Add a figure for the README's Reliability section to the JSON file named by SC4_RELIABILITY_FIGURES (set by conftest)."""
+    """Add a figure for the README's Reliability section to the JSON file named by
+    SC4_RELIABILITY_FIGURES (set by conftest)."""
     path = os.environ.get(FIGURES_ENV)
     if not path:
         return
