@@ -134,12 +134,25 @@ def _token_removed(shim: Shim, h: Any) -> bool:
     return False
 
 
+def _scrub(buf: Any, plen: Any) -> None:
+    """A refused call hands back no result: zero what the card wrote, report length 0."""
+    from shim.ffi import NULL, ffi
+
+    if buf != NULL and plen != NULL and 0 < plen[0] <= 1 << 20:
+        ffi.memmove(buf, bytes(int(plen[0])), int(plen[0]))
+    if plen != NULL:
+        plen[0] = 0
+
+
 def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
     summarise = compile_summariser(next(f for f in FUNCTIONS if f.name == name))
     needs_init = name not in _BEFORE_INIT
     spec_rv = _SPEC_RV.get(name)
     spec = next(f for f in FUNCTIONS if f.name == name)
     has_session = bool(spec.params) and spec.params[0].ctype == "CK_SESSION_HANDLE"
+    # The (buffer, length pointer) pair a result is written to (signature, digest, plaintext...).
+    out_at = next((i for i in range(len(spec.params) - 1, 0, -1)
+                   if spec.params[i].ctype == "CK_ULONG_PTR" and spec.params[i - 1].ctype == "CK_BYTE_PTR"), None)
     perf = time.perf_counter_ns
 
     def entry(*args: Any) -> int:
@@ -175,6 +188,8 @@ def make_entry(shim: Shim, name: str, handler: Handler) -> Callable[..., int]:
         out = shim.record_call(call, rv, t0)
         if out != rv and rv == CKR.OK:  # fail-closed refused a call that had succeeded
             try:
+                if out_at is not None:
+                    _scrub(args[out_at - 1], args[out_at])
                 _abandon(shim, name, args)
             except Exception:  # noqa: BLE001, S110 - best effort; the caller already gets an error
                 pass

@@ -239,3 +239,46 @@ def test_broken_config_refuses_initialisation_and_says_why(shim_env, tmp_path):
     assert config and "on_failure" in config[-1]["error"]
     init = [c for c in shim_env.calls() if c["fn"] == "C_Initialize"]
     assert init[-1]["rv"] == "CKR_GENERAL_ERROR" and "configuration error" in init[-1]["error"]
+
+
+FAIL_CLOSED_SIGN = """
+import ctypes, json, os, resource, signal, rawp11
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+lib, fl = rawp11.load(MODULE)
+assert fl.C_Initialize(None) == 0
+slots = (ctypes.c_ulong * 8)(); n = ctypes.c_ulong(8)
+assert fl.C_GetSlotList(1, slots, ctypes.byref(n)) == 0
+h = ctypes.c_ulong()
+assert fl.C_OpenSession(slots[0], 4, None, None, ctypes.byref(h)) == 0
+assert fl.C_Login(h, 1, PIN.encode(), len(PIN)) == 0
+cls = ctypes.c_ulong(3); kid = bytes.fromhex(os.environ["EC_ID"])
+tmpl = (rawp11.CK_ATTRIBUTE * 2)((0, ctypes.cast(ctypes.byref(cls), ctypes.c_void_p), 8),
+                                 (0x102, ctypes.cast(ctypes.c_char_p(kid), ctypes.c_void_p), len(kid)))
+key = ctypes.c_ulong(); cnt = ctypes.c_ulong()
+assert fl.C_FindObjectsInit(h, tmpl, 2) == 0
+assert fl.C_FindObjects(h, ctypes.byref(key), 1, ctypes.byref(cnt)) == 0 and cnt.value == 1
+assert fl.C_FindObjectsFinal(h) == 0
+mech = rawp11.CK_MECHANISM(0x1041, None, 0)
+def sign():
+    sig = (ctypes.c_ubyte * 128)(*([0xEE] * 128)); ln = ctypes.c_ulong(128)
+    assert fl.C_SignInit(h, ctypes.byref(mech), key) == 0
+    rv = fl.C_Sign(h, b"\\x11" * 32, 32, sig, ctypes.byref(ln))
+    return rv, ln.value, bytes(sig)
+log = os.environ["SC4DNSSEC_AUDIT_LOG"]
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(log) + 600, resource.RLIM_INFINITY))
+refused = sign()  # the C_SignInit record fits under the limit, the C_Sign record does not
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+again = sign()
+print(json.dumps({"refused": [refused[0], refused[1], refused[2][:64].hex()], "again": [again[0], again[1]]}))
+"""
+
+
+def test_fail_closed_refusal_hands_back_no_signature(shim_env):
+    """fail-closed (the default): a signature the card made but the log could not
+    record is withheld — buffer zeroed, length 0 — and the session signs again
+    once the log is writable."""
+    key_id = shim_env.card.keys["ec"].id.hex()
+    res = json.loads(shim_env.run_python(FAIL_CLOSED_SIGN, extra_env={"EC_ID": key_id}).stdout)
+    rv, length, head = res["refused"]
+    assert rv == 0x5 and length == 0 and head == "00" * 64
+    assert res["again"] == [0, 64]
