@@ -107,7 +107,7 @@ class Shim:
         continues from the child's own file descriptor and epoch."""
         self._fork_generation = self._lib.sc4_fork_generation()
         self.lock = threading.RLock()
-        self.audit._reset_after_fork()  # a C fork() runs no Python at-fork hooks
+        self.audit.after_fork()
         if self.initialized:
             self.initialized = False
             self.inherited = True

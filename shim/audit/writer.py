@@ -183,6 +183,12 @@ class AuditWriter:
         self._syslog = (SyslogSender(self._syslog_path, app=self.prog)
                         if self._syslog_path is not None else None)
 
+    def after_fork(self) -> None:
+        """In a forked child: a private descriptor and a new epoch (also done lazily
+        on the next write, since a C host's fork() runs no Python at-fork hooks)."""
+        if os.getpid() != self.pid:
+            self._reset_after_fork()
+
     def _reset_after_fork(self) -> None:
         # The child shares the parent's open file description, and flock() locks
         # belong to it: without a private descriptor parent and child would not
