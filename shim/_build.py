@@ -63,6 +63,8 @@ def core_ffi() -> FFI:
     ffi.cdef(header + struct + callbacks + "\nCK_FUNCTION_LIST *sc4_core_functions(void);\n"
              "const char *sc4_core_path(void);\n"
              "unsigned long sc4_fork_generation(void);\n"
+             "long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len,"
+             " int sync);\n"
              "CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen,"
              " int *deepbind);\n")
     slots = ",\n    ".join(
@@ -75,8 +77,11 @@ def core_ffi() -> FFI:
 #endif
 #include <dlfcn.h>
 #include <pthread.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include "cryptoki.h"
 {struct}
 {prototypes}
@@ -102,6 +107,49 @@ __attribute__((constructor)) static void sc4_core_init(void)
     pthread_atfork(NULL, NULL, sc4_after_fork_child);
 }}
 unsigned long sc4_fork_generation(void) {{ return fork_generation; }}
+
+/* The audit writer's locked section in one call, so Python gives up the GIL
+ * once per record instead of once per syscall (flock, lseek, write, flock):
+ * with several host threads each hand-off is a context switch.  Appends
+ * ``data`` (one complete record line built by shim/audit/writer.py) only if
+ * the file still has ``expected_size`` bytes, i.e. nobody else appended since
+ * this process's last record.  Returns the new size; -2 if the size differs
+ * (the writer then takes its Python path, which re-reads the tail); -1 with
+ * errno set on an I/O error, after cutting any partial line of ours. */
+long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync)
+{{
+    off_t size;
+    size_t done = 0;
+    int err;
+    if (flock(fd, LOCK_EX) != 0)
+        return -1;
+    size = lseek(fd, 0, SEEK_END);
+    if (size < 0 || (long long)size != expected_size) {{
+        err = errno;
+        flock(fd, LOCK_UN);
+        errno = err;
+        return size < 0 ? -1 : -2;
+    }}
+    while (done < len) {{
+        ssize_t n = write(fd, data + done, len - done);
+        if (n <= 0) {{
+            err = n < 0 ? errno : EIO;
+            if (done && ftruncate(fd, size) != 0) {{ /* the next writer's recovery record covers it */ }}
+            flock(fd, LOCK_UN);
+            errno = err;
+            return -1;
+        }}
+        done += (size_t)n;
+    }}
+    if (sync && fdatasync(fd) != 0) {{
+        err = errno;
+        flock(fd, LOCK_UN);
+        errno = err;
+        return -1;
+    }}
+    flock(fd, LOCK_UN);
+    return (long long)size + (long long)len;
+}}
 
 /* The backend is opened RTLD_LOCAL and not RTLD_DEEPBIND: SoftHSM under
  * DEEPBIND binds glibc's allocator while BIND uses jemalloc, and crashes.

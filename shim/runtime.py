@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shim import config as config_mod
@@ -55,6 +56,7 @@ class Shim:
             on_failure=self.config.audit_on_failure,
             syslog=self.config.audit_syslog,
             syslog_path=self.config.audit_syslog_socket,
+            locked_append=_locked_append(lib),
         )
         self._allow = self.config.allow_functions
         self.sessions: dict[int, Any] = {}
@@ -140,6 +142,22 @@ class Shim:
             if self.config.audit_on_failure == "fail-closed":
                 return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
         return rv
+
+
+def _locked_append(lib: Any) -> Callable[[int, int, bytes, bool], int]:
+    """The core's C append (one GIL release per record) as the writer expects it."""
+    from shim.ffi import ffi
+
+    append = lib.sc4_audit_append
+
+    def locked_append(fd: int, expected: int, line: bytes, sync: bool) -> int:
+        size = int(append(fd, expected, line, len(line), int(sync)))
+        if size == -1:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        return size
+
+    return locked_append
 
 
 def _module_path(lib: Any) -> str:

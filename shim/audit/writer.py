@@ -141,12 +141,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# (fd, expected size, line, fsync) -> new size, or -2 if the file is not at the expected size;
+# raises OSError.
+LockedAppend = Callable[[int, int, bytes, bool], int]
+
+
 class AuditWriter:
     """Appends records to ``path``; thread-safe, fork-safe, multi-process-safe."""
 
     def __init__(self, path: str, *, fsync: str = "none", on_failure: str = "fail-closed",
                  syslog: bool = False, program: str | None = None,
-                 syslog_path: str = "/dev/log") -> None:
+                 syslog_path: str = "/dev/log", locked_append: LockedAppend | None = None) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
         if on_failure not in FAILURE_POLICIES:
@@ -161,6 +166,9 @@ class AuditWriter:
         self._lost_first_ts: str | None = None
         self._lost_error = ""
         self._reported = False
+        # Inside the shim: the locked section (flock, size check, write, unlock) as one C call
+        # without the GIL (shim/_build.py sc4_audit_append); None = the Python path only.
+        self._locked_append = locked_append
         self._init_process()
         _WRITERS.add(self)
 
@@ -305,6 +313,25 @@ class AuditWriter:
         with self._lock:
             if self._closed:
                 raise ValueError("AuditWriter is closed")
+            if (self._locked_append is not None and self._size >= 0 and self._fd is not None
+                    and not self.lost and isinstance(body, str)):
+                # Nobody else appended since our last record (checked under the file lock in C):
+                # the cached seq/head are the chain head, so the line can be built up front.
+                seq = self._seq + 1
+                ts, line = self._line(seq, self._head, body)
+                try:
+                    size = self._locked_append(self._fd, self._size, line, self.fsync == "always")
+                except OSError as e:
+                    self._size = -1
+                    self._failed(e)
+                    return None
+                if size >= 0:
+                    self._size, self._seq, self._head = size, seq, schema.line_hash(line)
+                    self._reported = False
+                    if self._syslog is not None:
+                        self._syslog.send(ts, self.pid, _kind_of(line), line[:-1])
+                    return seq, self._head
+                # another process appended: the Python path re-reads the tail
             try:
                 result = self._write_locked(body)
             except OSError as e:
