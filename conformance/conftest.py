@@ -3,7 +3,6 @@ hypothesis profiles, and the matrix written at the end of the session."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from conformance import matrix
 from conformance.client import Worker
 from conformance.replay import discover
+from shim.config import dumps as config_dumps
 from shim.locate import module_path
 
 HERE = Path(__file__).resolve().parent
@@ -37,19 +37,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="directory of per-card result files merged into the matrix")
 
 
-def _toml(conf: dict[str, Any]) -> str:
-    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, dict)]
-    for k, v in conf.items():
-        if isinstance(v, dict):
-            lines += [f"[{k}]"] + [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="session")
 def shim_audit(card: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
     d = tmp_path_factory.mktemp("conformance-shim")
     conf = d / "sc4dnssec.toml"
-    conf.write_text(_toml(dict(card.shim_conf)))
+    conf.write_text(config_dumps(card.shim_conf))
     audit = d / "audit.jsonl"
     env = dict(os.environ, **card.env, SC4DNSSEC_BACKEND=card.module, SC4DNSSEC_AUDIT_LOG=str(audit),
                SC4DNSSEC_CONF=str(conf))

@@ -14,6 +14,7 @@ Everything else lives in the file only; see README "Configuration".
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -131,3 +132,15 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         source=source,
         raw=data,
     )
+
+
+def dumps(conf: Mapping[str, object]) -> str:
+    """The TOML text of a configuration dict ``load`` accepts (top-level keys, then one level of
+    tables): for tools and tests that write SC4DNSSEC_CONF files.  JSON's string, number, boolean
+    and array syntax is valid TOML for the values the configuration uses."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, Mapping)]
+    for k, v in conf.items():
+        if isinstance(v, Mapping):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"

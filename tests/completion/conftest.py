@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from shim.config import dumps as config_dumps
 from shim.locate import module_path
 
 SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
@@ -155,20 +156,11 @@ class Completion:
         return proc
 
 
-def _toml(conf: dict[str, Any]) -> str:
-    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, dict)]
-    for k, v in conf.items():
-        if isinstance(v, dict):
-            lines.append(f"[{k}]")
-            lines += [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
-
-
 def make_completion(masked_token: tuple[dict[str, str], Keys], tmp_path: Path,
                     extra: dict[str, Any] | None = None) -> Completion:
     token_env, keys = masked_token
     conf = {"mask": {"functions": MASKED}, **(extra or {})}
-    (tmp_path / "sc4dnssec.toml").write_text(_toml(conf))
+    (tmp_path / "sc4dnssec.toml").write_text(config_dumps(conf))
     env = dict(os.environ, **token_env, SC4DNSSEC_BACKEND=SOFTHSM, SC4DNSSEC_AUDIT_LOG=str(tmp_path / "audit.jsonl"),
                SC4DNSSEC_CONF=str(tmp_path / "sc4dnssec.toml"))
     return Completion(module_path(), env, tmp_path / "audit.jsonl", keys)

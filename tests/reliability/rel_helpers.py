@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shim.config import dumps as config_dumps
 from shim.locate import module_path
 from virtualcard.cardinfo import CardInfo
 
@@ -28,16 +29,6 @@ FIGURES_ENV = "SC4_RELIABILITY_FIGURES"
 def scaled(n: float) -> int:
     """``n`` times the SC4_RELIABILITY_SCALE knob (CI runs at 1), at least 1."""
     return max(1, int(n * SCALE))
-
-
-def toml(conf: dict[str, Any]) -> str:
-    """A tiny TOML writer for the shim's config tables."""
-    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, dict)]
-    for k, v in conf.items():
-        if isinstance(v, dict):
-            lines.append(f"[{k}]")
-            lines += [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -77,7 +68,7 @@ class ShimRun:
         audit = audit_log or dir / "audit.jsonl"
         conf = dict(conf or {})
         conf_path = dir / "sc4dnssec.toml"
-        conf_path.write_text(toml(conf))
+        conf_path.write_text(config_dumps(conf))
         env.update(SC4DNSSEC_BACKEND=token.info.module, SC4DNSSEC_AUDIT_LOG=str(audit),
                    SC4DNSSEC_CONF=str(conf_path),
                    PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]))

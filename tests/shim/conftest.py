@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from shim.config import dumps as config_dumps
 from shim.locate import module_path
 
 
@@ -58,24 +59,11 @@ class ShimEnv:
         return proc
 
 
-def write_conf(path: Path, conf: dict[str, Any]) -> None:
-    """A tiny TOML writer for the shim config dicts the card fixture hands out."""
-    lines: list[str] = []
-    for key, value in conf.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in conf.items():
-        if isinstance(value, dict):
-            lines.append(f"[{key}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in value.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture
 def shim_env(card: Any, tmp_path: Path) -> Iterator[ShimEnv]:
     audit = tmp_path / "audit.jsonl"
     conf = tmp_path / "sc4dnssec.toml"
-    write_conf(conf, dict(card.shim_conf))
+    conf.write_text(config_dumps(card.shim_conf))
     env = dict(os.environ)
     env.update(card.env)
     env.update(SC4DNSSEC_BACKEND=card.module, SC4DNSSEC_AUDIT_LOG=str(audit), SC4DNSSEC_CONF=str(conf))
