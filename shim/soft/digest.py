@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Any
 
 from shim.constants import CKM, CKR
 from shim.errors import PKCS11Error
@@ -30,7 +31,31 @@ MAX_STATE_INPUT = 1 << 20
 _MAGIC = b"SC4D\x01"
 
 
-class Digest:
+class Hashing:
+    """A running hash (hashlib or hmac object) that can be read without ending it: size
+    queries ask for the result first and expect the operation to stay active."""
+
+    _h: Any
+
+    @property
+    def size(self) -> int:
+        return int(self._h.digest_size)
+
+    def update(self, data: bytes) -> None:
+        self._h.update(data)
+
+    def peek(self) -> bytes:
+        """The result so far, leaving the operation active."""
+        return bytes(self._h.copy().digest())
+
+    def peek_with(self, data: bytes) -> bytes:
+        """The result of the input so far plus ``data``, leaving the operation as it was."""
+        h = self._h.copy()
+        h.update(data)
+        return bytes(h.digest())
+
+
+class Digest(Hashing):
     """One digest operation (C_DigestInit .. C_DigestFinal)."""
 
     def __init__(self, mechanism: int) -> None:
@@ -42,10 +67,6 @@ class Digest:
         self._input: bytearray | None = bytearray()
         self.updated = False
 
-    @property
-    def size(self) -> int:
-        return self._h.digest_size
-
     def update(self, data: bytes) -> None:
         self._h.update(data)
         self.updated = True
@@ -54,16 +75,6 @@ class Digest:
                 self._input = None
             else:
                 self._input += data
-
-    def peek(self) -> bytes:
-        """The digest so far, leaving the operation active (size queries)."""
-        return self._h.copy().digest()
-
-    def peek_with(self, data: bytes) -> bytes:
-        """The digest of the input so far plus ``data``, leaving the operation as it was."""
-        h = self._h.copy()
-        h.update(data)
-        return h.digest()
 
     def state(self) -> bytes:
         if self._input is None:

@@ -6,6 +6,7 @@ import hmac as _hmac
 
 from shim.constants import CKM, CKR
 from shim.errors import PKCS11Error
+from shim.soft.digest import Hashing
 
 HMACS: dict[int, str] = {
     CKM.MD5_HMAC: "md5",
@@ -17,7 +18,7 @@ HMACS: dict[int, str] = {
 }
 
 
-class Hmac:
+class Hmac(Hashing):
     """One HMAC sign or verify operation."""
 
     def __init__(self, mechanism: int, key: bytes) -> None:
@@ -27,21 +28,6 @@ class Hmac:
         if not key:
             raise PKCS11Error(CKR.KEY_SIZE_RANGE, "empty HMAC key")
         self._h = _hmac.new(key, digestmod=name)
-
-    @property
-    def size(self) -> int:
-        return self._h.digest_size
-
-    def update(self, data: bytes) -> None:
-        self._h.update(data)
-
-    def peek(self) -> bytes:
-        return self._h.copy().digest()
-
-    def peek_with(self, data: bytes) -> bytes:
-        h = self._h.copy()
-        h.update(data)
-        return h.digest()
 
     def verify(self, signature: bytes) -> None:
         if len(signature) != self.size:
