@@ -164,7 +164,7 @@ def _data(args: dict[str, Any], last_digest: bytes | None) -> bytes:
         return last_digest or b""
     if isinstance(v, str) and v.startswith("hex:"):
         return bytes.fromhex(v[4:])
-    return bytes(int(args.get("data_len", 0)))
+    return bytes(int(args.get("data_len", args.get("part_len", 0))))  # Update calls: part_len
 
 
 def _checks(s: Step, rv: int, out: dict[str, Any]) -> list[str]:

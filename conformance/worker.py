@@ -80,6 +80,8 @@ class Runner:
             return bytes.fromhex(v[4:])
         if v is None and f"{key}_len" in args:
             return bytes(int(args[f"{key}_len"]))
+        if v is None and key == "data" and "part_len" in args:  # Update calls, as the audit log names them
+            return bytes(int(args["part_len"]))
         raise ValueError(f"no {key} in {args}")
 
     def template(self, tmpl: dict[str, Any], c: Context | None = None) -> Any:
@@ -254,6 +256,14 @@ class Runner:
             return int(lib.C_Verify(s, L.ckbytelist(self.data(c, a)), L.ckbytelist(self.data(c, a, "signature"))))
         if fn == "C_VerifyFinal":
             return int(lib.C_VerifyFinal(s, L.ckbytelist(self.data(c, a, "signature"))))
+        if fn == "C_GetOperationState":  # pkcs11-provider asks whether an operation can be duplicated
+            sh = self.handle(c, a["session"])
+            n = ctypes.c_ulong(0)
+            rv = self.raw.C_GetOperationState(sh, None, ctypes.byref(n))
+            if rv == CKR.OK and n.value:
+                state = ctypes.create_string_buffer(n.value)
+                rv = self.raw.C_GetOperationState(sh, ctypes.addressof(state), ctypes.byref(n))
+            return int(rv)
         if fn == "C_GenerateRandom":
             buf = L.ckbytelist(bytes(int(a.get("randomLen", 16))))
             rv = lib.C_GenerateRandom(s, buf)
