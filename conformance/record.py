@@ -21,6 +21,10 @@ _SESSION_OUT = "opened"
 _KEYED = ("CKA_LABEL", "CKA_ID")
 
 
+# Summary keys the shim adds for the auditor; they describe the shim's work, not the consumer's call.
+_INFORMATIONAL = frozenset({"src", "completion", "hashed_by", "objects_destroyed", "backend_shared",
+                            "derived_public_keys", "shadowed_public_keys", "card_rng", "card_seeded",
+                            "derive_error"})
 # Calls whose failure in the field says more about that card than about the consumer (an attribute
 # the card lacks, an operation state it cannot save): replayed on another card, any answer goes.
 _CARD_DEPENDENT = frozenset({"C_GetAttributeValue", "C_GetOperationState", "C_GetMechanismInfo"})
@@ -67,9 +71,7 @@ def convert(records: list[dict[str, Any]], keys: dict[str, tuple[str, str]] | No
                 args[k] = [obj(h) for h in v]
             elif k.endswith("template") or k.endswith("Template"):
                 args[k] = _template(v, by_label, by_id)
-            elif k.endswith("_sha256") or k in ("src", "completion", "hashed_by", "objects_destroyed",
-                                                "backend_shared", "derived_public_keys", "shadowed_public_keys", "card_rng",
-                                                "card_seeded", "derive_error"):
+            elif k.endswith("_sha256") or k in _INFORMATIONAL:
                 continue
             else:
                 args[k] = v
