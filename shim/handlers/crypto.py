@@ -57,6 +57,28 @@ def _hmac_key(shim: Shim, h_key: int, mech: int, usage: int) -> Hmac | None:
 
 
 # -- sign ----------------------------------------------------------------------------
+
+def _operation(shim: Shim, h: int, kind: str) -> tuple[dict[str, Any] | None, Any]:
+    """(the shim's session record or None, its active ``kind`` operation or None)."""
+    st = shim.sessions.get(int(h))
+    return st, (st.get(kind) if st else None)
+
+
+def _ends_operation(rv: int, out: Any) -> bool:
+    """PKCS#11 v2.40 5.2: a call ends its operation unless it was a length query
+    (NULL buffer) or got CKR_BUFFER_TOO_SMALL."""
+    return rv != CKR.BUFFER_TOO_SMALL and not (rv == CKR.OK and out == NULL)
+
+
+def _soft_out(st: dict[str, Any], kind: str, call: Call, out: Any, plen: Any, value: bytes) -> int:
+    """A software result (digest, HMAC) into the caller's buffer; the operation ends once delivered."""
+    rv = write_output(out, plen, value)
+    if rv == CKR.OK and out != NULL:
+        st[kind] = None
+        call.src = "soft"
+    return rv
+
+
 @handles("C_SignInit")
 def sign_init(shim: Shim, call: Call, h: int, pmech: Any, h_key: int) -> int:
     st = session_state(shim, h)
@@ -98,15 +120,14 @@ def _card_sign(shim: Shim, call: Call, st: dict[str, Any], h: int, tbs: bytes, p
         call.src = "card"
         call.args["hashed_by"] = "soft"
         call.args["signature_len"] = int(plen[0])
-    elif rv not in (CKR.OK, CKR.BUFFER_TOO_SMALL):
+    elif _ends_operation(rv, psig):
         st["sign"] = None
     return rv
 
 
 @handles("C_Sign")
 def sign(shim: Shim, call: Call, h: int, pdata: Any, n: int, psig: Any, plen: Any) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("sign") if st else None
+    st, op = _operation(shim, h, "sign")
     if op is None:
         rv = int(shim.backend.fn["C_Sign"](h, pdata, n, psig, plen))
         if rv == CKR.OK and plen != NULL:
@@ -117,18 +138,13 @@ def sign(shim: Shim, call: Call, h: int, pdata: Any, n: int, psig: Any, plen: An
     assert st is not None
     data = read_bytes(pdata, n)
     if isinstance(op, Hmac):
-        rv = write_output(psig, plen, op.peek_with(data))
-        if rv == CKR.OK and psig != NULL:
-            st["sign"] = None
-            call.src = "soft"
-        return rv
+        return _soft_out(st, "sign", call, psig, plen, op.peek_with(data))
     return _card_sign(shim, call, st, h, op.to_sign(data), psig, plen)
 
 
 @handles("C_SignUpdate")
 def sign_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("sign") if st else None
+    st, op = _operation(shim, h, "sign")
     if op is None:
         rv = int(shim.backend.fn["C_SignUpdate"](h, ppart, n))
         if rv == CKR.FUNCTION_NOT_SUPPORTED:
@@ -140,8 +156,7 @@ def sign_update(shim: Shim, call: Call, h: int, ppart: Any, n: int) -> int:
 
 @handles("C_SignFinal")
 def sign_final(shim: Shim, call: Call, h: int, psig: Any, plen: Any) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("sign") if st else None
+    st, op = _operation(shim, h, "sign")
     if op is None:
         rv = int(shim.backend.fn["C_SignFinal"](h, psig, plen))
         if rv == CKR.OK and plen != NULL and psig != NULL:
@@ -150,11 +165,7 @@ def sign_final(shim: Shim, call: Call, h: int, psig: Any, plen: Any) -> int:
         return rv
     assert st is not None
     if isinstance(op, Hmac):
-        rv = write_output(psig, plen, op.peek())
-        if rv == CKR.OK and psig != NULL:
-            st["sign"] = None
-            call.src = "soft"
-        return rv
+        return _soft_out(st, "sign", call, psig, plen, op.peek())
     return _card_sign(shim, call, st, h, op.to_sign(), psig, plen)
 
 
@@ -220,8 +231,7 @@ def _not_active(shim: Shim, st: dict[str, Any] | None, name: str, *args: Any) ->
 
 @handles("C_Verify")
 def verify(shim: Shim, call: Call, h: int, pdata: Any, n: int, psig: Any, nsig: int) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("verify") if st else None
+    st, op = _operation(shim, h, "verify")
     if op is None:
         return _not_active(shim, st, "C_Verify", h, pdata, n, psig, nsig)
     if op == _CARD:
@@ -260,8 +270,7 @@ verify_update = _updater("verify", "C_VerifyUpdate")
 
 @handles("C_VerifyFinal")
 def verify_final(shim: Shim, call: Call, h: int, psig: Any, nsig: int) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("verify") if st else None
+    st, op = _operation(shim, h, "verify")
     if op is None:
         return _not_active(shim, st, "C_VerifyFinal", h, psig, nsig)
     if op == _CARD:
@@ -293,30 +302,23 @@ def digest_init(shim: Shim, call: Call, h: int, pmech: Any) -> int:
     return CKR.OK
 
 
-def _digest_out(st: dict[str, Any], call: Call, out: Any, plen: Any, value: bytes) -> int:
-    rv = write_output(out, plen, value)
-    if rv == CKR.OK and out != NULL:
-        st["digest"] = None
-        call.src = "soft"
-    return rv
 
 
 @handles("C_Digest")
 def digest(shim: Shim, call: Call, h: int, pdata: Any, n: int, out: Any, plen: Any) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("digest") if st else None
+    st, op = _operation(shim, h, "digest")
     if op is None:
         return _not_active(shim, st, "C_Digest", h, pdata, n, out, plen)
+    assert st is not None  # an operation implies a known session
     if op == _CARD:
         rv = int(shim.backend.fn["C_Digest"](h, pdata, n, out, plen))
-        if st is not None and op == _CARD and rv != CKR.BUFFER_TOO_SMALL and not (rv == CKR.OK and out == NULL):
+        if _ends_operation(rv, out):
             st["digest"] = None
         return rv
-    assert st is not None
     if op.updated:
         st["digest"] = None
         raise PKCS11Error(CKR.OPERATION_ACTIVE, "C_Digest after C_DigestUpdate")
-    return _digest_out(st, call, out, plen, op.peek_with(read_bytes(pdata, n)))
+    return _soft_out(st, "digest", call, out, plen, op.peek_with(read_bytes(pdata, n)))
 
 
 digest_update = _updater("digest", "C_DigestUpdate")
@@ -324,8 +326,7 @@ digest_update = _updater("digest", "C_DigestUpdate")
 
 @handles("C_DigestKey")
 def digest_key(shim: Shim, call: Call, h: int, h_key: int) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("digest") if st else None
+    st, op = _operation(shim, h, "digest")
     if op is None:
         return _not_active(shim, st, "C_DigestKey", h, h_key)
     if op == _CARD:
@@ -339,17 +340,16 @@ def digest_key(shim: Shim, call: Call, h: int, h_key: int) -> int:
 
 @handles("C_DigestFinal")
 def digest_final(shim: Shim, call: Call, h: int, out: Any, plen: Any) -> int:
-    st = shim.sessions.get(int(h))
-    op = st.get("digest") if st else None
+    st, op = _operation(shim, h, "digest")
     if op is None:
         return _not_active(shim, st, "C_DigestFinal", h, out, plen)
+    assert st is not None  # an operation implies a known session
     if op == _CARD:
         rv = int(shim.backend.fn["C_DigestFinal"](h, out, plen))
-        if st is not None and op == _CARD and rv != CKR.BUFFER_TOO_SMALL and not (rv == CKR.OK and out == NULL):
+        if _ends_operation(rv, out):
             st["digest"] = None
         return rv
-    assert st is not None
-    return _digest_out(st, call, out, plen, op.peek())
+    return _soft_out(st, "digest", call, out, plen, op.peek())
 
 
 # -- operation state -----------------------------------------------------------------
