@@ -7,10 +7,10 @@ import hashlib
 import hmac
 
 import pytest
+from completion_client import CLIENT
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
-from conftest import CLIENT
 from shim.constants import CKM, CKR, MechanismFlag
 
 F = MechanismFlag
