@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from vc_helpers import certificate, open_session, p11tool, sign, verify_ecdsa_raw, verify_rsa_pkcs1
+from vc_helpers import certificate, open_session, p11tool, p11tool_sign, sign, verify_ecdsa_raw, verify_rsa_pkcs1
 
 from shim.constants import CKM
 from virtualcard.pytest_plugin import VirtualCard
@@ -95,21 +95,7 @@ def test_ecdsa_and_rsa_signatures_via_pkcs11_tool_verify(vcard: VirtualCard, tmp
         p11tool(info, "--read-object", "--type", "pubkey", "--id", kid, "-o", str(tmp_path / f"{name}.der"))
         pubs[name] = serialization.load_der_public_key((tmp_path / f"{name}.der").read_bytes())
         mech = "ECDSA-SHA256" if name == "ec" else "SHA256-RSA-PKCS"
-        p11tool(
-            info,
-            "--login",
-            "--pin",
-            info.pin,
-            "--sign",
-            "-m",
-            mech,
-            "--id",
-            kid,
-            "-i",
-            str(tmp_path / "data"),
-            "-o",
-            str(tmp_path / f"{name}.sig"),
-        )
+        p11tool_sign(info, kid, mech, tmp_path / "data", tmp_path / f"{name}.sig")
     verify_ecdsa_raw(pubs["ec"], (tmp_path / "ec.sig").read_bytes(), DATA)  # type: ignore[arg-type]
     verify_rsa_pkcs1(pubs["rsa"], (tmp_path / "rsa.sig").read_bytes(), DATA)  # type: ignore[arg-type]
 
@@ -203,22 +189,7 @@ def test_yubico_piv_tool_generates_key_and_imports_certificate(
         # ... and through opensc-pkcs11 in a fresh process (9C is always-authenticate)
         (tmp_path / "data").write_bytes(DATA)
         mech = "ECDSA-SHA256" if alg.startswith("ECC") else "SHA256-RSA-PKCS"
-        p11tool(
-            info,
-            "--login",
-            "--pin",
-            info.pin,
-            "--sign",
-            "-m",
-            mech,
-            "--id",
-            kid,
-            "-i",
-            str(tmp_path / "data"),
-            "-o",
-            str(tmp_path / "sig"),
-        )
-        sig = (tmp_path / "sig").read_bytes()
+        sig = p11tool_sign(info, kid, mech, tmp_path / "data", tmp_path / "sig")
         if isinstance(pub, ec.EllipticCurvePublicKey):
             verify_ecdsa_raw(pub, sig, DATA)
         else:

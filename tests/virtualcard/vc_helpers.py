@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+from pathlib import Path
 
 import PyKCS11
 from cryptography import x509
@@ -77,3 +78,10 @@ def p11tool(
         timeout=60,
         check=check,
     )
+
+
+def p11tool_sign(card: CardInfo, key_id: str, mechanism: str, data: Path, out: Path) -> bytes:
+    """Sign ``data`` with ``pkcs11-tool --sign`` (after a PIN login) and return the signature."""
+    p11tool(card, "--login", "--pin", card.pin, "--sign", "-m", mechanism, "--id", key_id,
+            "-i", str(data), "-o", str(out))
+    return out.read_bytes()
