@@ -34,6 +34,14 @@ class CardInfo:
         return {**os.environ, **self.env}
 
 
+def find_module(env_var: str, candidates: tuple[str, ...]) -> str | None:
+    """A PKCS#11 module's path: ``env_var`` if set, else the first candidate that exists."""
+    env = os.environ.get(env_var)
+    if env:
+        return env
+    return next((p for p in candidates if os.path.exists(p)), None)
+
+
 _EC_BITS = {256: "secp256r1", 384: "secp384r1", 521: "secp521r1"}
 
 

@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .cardinfo import find_module
+
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 OPENSC_PKCS11_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
@@ -46,12 +48,9 @@ class HarnessError(RuntimeError):
 
 def opensc_module() -> str:
     """Path of opensc-pkcs11.so (env ``OPENSC_PKCS11`` wins)."""
-    env = os.environ.get("OPENSC_PKCS11")
-    if env:
-        return env
-    for path in OPENSC_PKCS11_CANDIDATES:
-        if os.path.exists(path):
-            return path
+    path = find_module("OPENSC_PKCS11", OPENSC_PKCS11_CANDIDATES)
+    if path:
+        return path
     raise HarnessError("opensc-pkcs11.so not found (install opensc-pkcs11 or set OPENSC_PKCS11)")
 
 

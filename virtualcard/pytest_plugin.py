@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .cardinfo import CardInfo, KeyInfo, discover_keys
+from .cardinfo import CardInfo, KeyInfo, discover_keys, find_module
 from .harness import Harness, HarnessError, opensc_module
 from .provision import provision_defaults
 from .state import CardState
@@ -116,12 +116,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # -- SoftHSM ----------------------------------------------------------------------------
 def softhsm_module() -> str:
-    env = os.environ.get("SOFTHSM2_MODULE")
-    if env:
-        return env
-    for p in SOFTHSM_CANDIDATES:
-        if os.path.exists(p):
-            return p
+    path = find_module("SOFTHSM2_MODULE", SOFTHSM_CANDIDATES)
+    if path:
+        return path
     raise FileNotFoundError("libsofthsm2.so not found (apt install softhsm2 or set SOFTHSM2_MODULE)")
 
 

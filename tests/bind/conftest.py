@@ -341,15 +341,18 @@ def _card_up(state: Path, latency_ms: float | None) -> tuple[list[str], dict[str
     return cmd, exports
 
 
-@pytest.fixture(scope="session")
-def virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
+def _card_for_session(state: Path, latency_ms: float | None) -> Iterator[VirtualCard]:
     """`virtualcard up STATE_DIR` on the host (pcscd + vpcd + the Python PIV card), down at the end."""
-    state = tmp_path_factory.mktemp("virtualcard")
-    cmd, exports = _card_up(state, None)
+    cmd, exports = _card_up(state, latency_ms)
     try:
         yield VirtualCard(state, exports)
     finally:
         subprocess.run([*cmd, "down", str(state)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
+    yield from _card_for_session(tmp_path_factory.mktemp("virtualcard"), None)
 
 
 SLOW_CARD_MS = 200.0
@@ -358,12 +361,7 @@ SLOW_CARD_MS = 200.0
 @pytest.fixture(scope="session")
 def slow_virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
     """A second virtual card that takes SLOW_CARD_MS per private-key operation, like a real card."""
-    state = tmp_path_factory.mktemp("slowcard")
-    cmd, exports = _card_up(state, SLOW_CARD_MS)
-    try:
-        yield VirtualCard(state, exports)
-    finally:
-        subprocess.run([*cmd, "down", str(state)], capture_output=True, text=True, timeout=120)
+    yield from _card_for_session(tmp_path_factory.mktemp("slowcard"), SLOW_CARD_MS)
 
 
 def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: VirtualCard) -> Signer:

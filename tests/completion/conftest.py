@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shim.config import dumps as config_dumps
 from shim.locate import module_path
+from virtualcard.pytest_plugin import softhsm_module
 
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+SOFTHSM = softhsm_module()
 PIN = "1234"
 TOKEN = "completion"
 CARD_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
