@@ -62,7 +62,7 @@ def core_ffi() -> FFI:
     ffi.embedding_api("int sc4_boot(void);")
     ffi.cdef(header + struct + callbacks + "\nCK_FUNCTION_LIST *sc4_core_functions(void);\n"
              "const char *sc4_core_path(void);\n"
-             "unsigned long sc4_fork_generation(void);\n"
+             "unsigned long sc4_fork_generation;\n"
              "long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len,"
              " int sync);\n"
              "CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen,"
@@ -99,14 +99,15 @@ static CK_FUNCTION_LIST core_list = {{
 CK_FUNCTION_LIST *sc4_core_functions(void) {{ return &core_list; }}
 /* Counts forks seen in this process image.  A C host (named) forks without
  * running Python's at-fork hooks, so the Python side compares this counter
- * to notice that it now lives in a child. */
-static volatile unsigned long fork_generation;
-static void sc4_after_fork_child(void) {{ fork_generation++; }}
+ * to notice that it now lives in a child.  A global read through cffi, not a
+ * function call: cffi releases the GIL around every C call, and this check
+ * runs on every PKCS#11 call. */
+unsigned long sc4_fork_generation;
+static void sc4_after_fork_child(void) {{ sc4_fork_generation++; }}
 __attribute__((constructor)) static void sc4_core_init(void)
 {{
     pthread_atfork(NULL, NULL, sc4_after_fork_child);
 }}
-unsigned long sc4_fork_generation(void) {{ return fork_generation; }}
 
 /* The audit writer's locked section in one call, so Python gives up the GIL
  * once per record instead of once per syscall (flock, lseek, write, flock):

@@ -37,7 +37,7 @@ class Shim:
         self._lib = lib
         self.lock = threading.RLock()
         self.initialized = False
-        self._fork_generation = lib.sc4_fork_generation()
+        self._fork_generation = lib.sc4_fork_generation
         self.inherited = False  # state came from the parent across fork()
         self._backend: Backend | None = None
         self.boot_error: str | None = None
@@ -102,12 +102,12 @@ class Shim:
 
     # -- fork ------------------------------------------------------------------
     def fork_generation_changed(self) -> bool:
-        return bool(self._lib.sc4_fork_generation() != self._fork_generation)
+        return bool(self._lib.sc4_fork_generation != self._fork_generation)
 
     def after_fork(self) -> None:
         """In a child: PKCS#11 requires a new C_Initialize; the audit chain
         continues from the child's own file descriptor and epoch."""
-        self._fork_generation = self._lib.sc4_fork_generation()
+        self._fork_generation = self._lib.sc4_fork_generation
         self.lock = threading.RLock()
         self.audit.after_fork()
         if self.initialized:
