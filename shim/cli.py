@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from shim.locate import module_path
@@ -48,6 +49,42 @@ def _openssl_cnf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from shim import probe
+
+    unknown = [c for c in args.for_consumers if c not in probe.CONSUMERS]
+    if unknown:
+        print(f"probe: unknown consumer {', '.join(unknown)} (one of {', '.join(probe.CONSUMERS)})", file=sys.stderr)
+        return probe.EXIT_USAGE
+    opts = probe.Options(config=args.config, pin_source=args.pin_source, token=args.token, user=args.user,
+                         for_consumers=args.for_consumers, key_dirs=args.key_dir, named_conf=args.named_conf)
+    report = probe.run(opts)
+    code = probe.exit_code(report, args.for_consumers)
+    report["exit"] = code
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(probe.render(report))
+    return code
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from shim import config
+
+    path = args.file or os.environ.get("SC4DNSSEC_CONF")
+    if not path:
+        print("config check: no FILE and SC4DNSSEC_CONF is not set", file=sys.stderr)
+        return 2
+    problems = config.check(path)
+    for p in problems:
+        print(p)
+    if not problems:
+        print(f"{path}: OK")
+    return 1 if any(p.error for p in problems) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sc4dnssec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--module", help="shim module path (default: this installation's)")
     p.add_argument("--provider", default=PROVIDER_MODULE, help="pkcs11-provider's ossl module")
     p.set_defaults(func=_openssl_cnf)
+    p = sub.add_parser("probe", help="what the configured card offers through the shim, and which signers accept it")
+    p.add_argument("--config", help="configuration file (default: SC4DNSSEC_CONF)")
+    p.add_argument("--pin-source", metavar="FILE", help="the PIN file the signer uses (read verbatim, like BIND)")
+    p.add_argument("--token", metavar="LABEL", help="the token to log in to when the backend shows several")
+    p.add_argument("--user", help="check as the signer's user (e.g. bind); needs root")
+    p.add_argument("--for", dest="for_consumers", action="append", default=[], metavar="CONSUMER",
+                   help="exit 1 if this consumer would fail (repeatable): bind916, bind920, opendnssec, knot, "
+                        "powerdns, bind918")
+    p.add_argument("--key-dir", action="append", default=[], metavar="DIR",
+                   help="look for pin-value= in DIR/*.private (repeatable)")
+    p.add_argument("--named-conf", action="append", default=[], metavar="FILE",
+                   help="look for pin-value= in FILE (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_probe)
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("check", help="validate a configuration file; names the bad setting and its line")
+    c.add_argument("file", nargs="?", help="the TOML file (default: SC4DNSSEC_CONF)")
+    c.set_defaults(func=_config_check)
     from shim.audit import cli as audit_cli
 
     audit_cli.register(sub)

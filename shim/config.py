@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,116 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         source=source,
         raw=data,
     )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :func:`check`: where, which setting, what is wrong."""
+
+    path: str
+    line: int | None
+    setting: str
+    message: str
+    error: bool = True
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {'error' if self.error else 'warning'}: {self.setting}: {self.message}"
+
+
+def _is_bool(value: object, setting: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{setting}: expected true or false, not {value!r}")
+
+
+def _is_str(value: object, setting: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{setting}: expected a non-empty string, not {value!r}")
+
+
+def _mechanisms(value: object, setting: str) -> None:
+    if not isinstance(value, list):
+        raise ConfigError(f"{setting}: expected a list of CKM_* names or numbers")
+    for m in value:
+        _mechanism(m)
+
+
+#: Every setting the file may hold: table ("" for top level) -> key -> validator.  A key that is
+#: not here is reported by ``config check``: ``load`` ignores it, so a typo would silently do nothing.
+SCHEMA: Mapping[str, Mapping[str, Callable[[object, str], object]]] = {
+    "": {"backend": _is_str},
+    "audit": {
+        "path": _is_str,
+        "fsync": lambda v, s: _choice(v, s, ("none", "always")),
+        "on_failure": lambda v, s: _choice(v, s, ("fail-closed", "fail-open")),
+        "syslog": _is_bool,
+        "syslog_socket": _is_str,
+    },
+    "mask": {"functions": _functions, "mechanisms": _mechanisms},
+    "compat": {"advertise_keygen": _is_bool},
+    "policy": {"allow_functions": _functions},
+}
+
+_TABLE_LINE = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+_TOML_POS = re.compile(r"at line (\d+)")
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """(table, key) -> line number, for the flat layout the configuration uses."""
+    lines: dict[tuple[str, str], int] = {}
+    table = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := _TABLE_LINE.match(line):
+            table = m.group(1)
+            lines.setdefault((table, ""), n)
+        elif m := _KEY_LINE.match(line):
+            lines.setdefault((table, m.group(1)), n)
+    return lines
+
+
+def check(path: str) -> list[Problem]:
+    """Every problem of the configuration file at ``path``, each with its setting and line."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return [Problem(path, None, "file", f"cannot read it: {e.strerror}")]
+    text = raw.decode("utf-8", "replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = _TOML_POS.search(str(e))
+        return [Problem(path, int(m.group(1)) if m else None, "syntax", str(e))]
+    lines = _key_lines(text)
+    problems: list[Problem] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table, entries = key, value
+            if table not in SCHEMA or not table:
+                problems.append(Problem(path, lines.get((table, "")), f"[{table}]", "unknown table"))
+                continue
+        else:
+            table, entries = "", {key: value}
+        for k, v in entries.items():
+            setting = f"[{table}] {k}" if table else k
+            line = lines.get((table, k))
+            validate = SCHEMA[table].get(k)
+            if not table and k in SCHEMA:
+                problems.append(Problem(path, line, k, f"[{k}] must be a table"))
+                continue
+            if validate is None:
+                problems.append(Problem(path, line, setting, "unknown setting (ignored by the shim)"))
+                continue
+            try:
+                validate(v, setting)
+            except ConfigError as e:
+                problems.append(Problem(path, line, setting, str(e).removeprefix(f"{setting}: ")))
+    backend = data.get("backend")
+    if isinstance(backend, str) and backend and not os.path.isfile(backend):
+        problems.append(Problem(path, lines.get(("", "backend")), "backend", f"{backend} does not exist here",
+                                error=False))
+    return problems
 
 
 def dumps(conf: Mapping[str, object]) -> str:

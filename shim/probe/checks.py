@@ -1,0 +1,207 @@
+"""The traps operators fall into, checked on the host (not through PKCS#11).
+
+Each check returns :class:`Warning` records; none prints or returns a PIN.  Inputs that depend
+on the host (polkit rule directories, ``pcscd --help``) are parameters so tests can plant them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import grp
+import os
+import pwd
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+POLKIT_RULE_DIRS = (Path("/etc/polkit-1/rules.d"), Path("/usr/share/polkit-1/rules.d"))
+PCSC_ACTIONS = ("org.debian.pcsc-lite.access_pcsc", "org.debian.pcsc-lite.access_card")
+PIV_SLOTS = {"01": "9A", "02": "9C", "03": "9D", "04": "9E"}  # OpenSC's CKA_ID per PIV key slot
+
+
+@dataclass(frozen=True)
+class Warning:
+    code: str
+    message: str
+
+
+def pin_file(path: str) -> tuple[str | None, list[Warning]]:
+    """The PIN from a ``pin-source`` file and what is wrong with the file.
+
+    BIND reads the file verbatim, so a trailing newline is part of the PIN it sends.  The PIN is
+    returned only when it is safe to try: a newline-terminated one would cost the card a retry."""
+    warnings: list[Warning] = []
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+    except OSError as e:
+        return None, [Warning("pin-source", f"pin-source {path}: cannot read it ({e.strerror})")]
+    if st.st_mode & 0o007:
+        warnings.append(Warning("pin-source", f"pin-source {path} is readable by every user "
+                                              f"(mode {st.st_mode & 0o777:o}): chmod o-rwx"))
+    if raw.endswith(b"\n") or raw.endswith(b"\r"):
+        warnings.append(Warning(
+            "pin-newline",
+            f"pin-source {path} ends with a newline: BIND sends it as part of the PIN, and the card "
+            "counts a wrong PIN. Write it without one (printf '%s' \"$PIN\" > FILE). The probe did not "
+            "log in with it."))
+        return None, warnings
+    if not raw:
+        return None, warnings + [Warning("pin-source", f"pin-source {path} is empty")]
+    try:
+        return raw.decode("utf-8"), warnings
+    except UnicodeDecodeError:
+        return None, warnings + [Warning("pin-source", f"pin-source {path} is not UTF-8 text")]
+
+
+_PIN_VALUE = re.compile(rb"pin-value=", re.IGNORECASE)
+_B64 = re.compile(rb"[A-Za-z0-9+/=]{16,}")
+
+
+def _mentions_pin_value(data: bytes) -> bool:
+    if _PIN_VALUE.search(data):
+        return True
+    for chunk in _B64.findall(data):
+        try:
+            if _PIN_VALUE.search(base64.b64decode(chunk + b"=" * (-len(chunk) % 4))):
+                return True
+        except (binascii.Error, ValueError):
+            continue
+    return False
+
+
+def pin_value_files(key_dirs: Iterable[str], conf_files: Iterable[str] = ()) -> list[Warning]:
+    """``pin-value=`` in key files or named.conf: the PIN sits in clear (or base64) on disk."""
+    hits: list[str] = []
+    paths: list[Path] = []
+    for d in key_dirs:
+        paths += sorted(Path(d).glob("*.private"))
+    paths += [Path(f) for f in conf_files]
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        if _mentions_pin_value(data):
+            hits.append(str(p))
+    if not hits:
+        return []
+    return [Warning("pin-value", f"{len(hits)} file(s) carry a pin-value= label, so the PIN is stored in "
+                                 f"them: {', '.join(hits)}. Use pin-source=/absolute/file instead and re-create "
+                                 "the key files (dnssec-keyfromlabel -l \"pkcs11:...;pin-source=FILE\").")]
+
+
+def pcscd_has_polkit(help_text: str | None = None) -> bool:
+    """pcsc-lite 2.x is built with polkit on Debian 13; its ``--help`` offers --disable-polkit."""
+    if help_text is None:
+        try:
+            r = subprocess.run(["pcscd", "--help"], capture_output=True, text=True, timeout=10)
+            help_text = r.stdout + r.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return "polkit" in help_text.lower()
+
+
+def uses_pcsc(backend: str) -> bool:
+    """Does the backend reach cards through pcscd?  OpenSC dlopens libpcsclite by name."""
+    try:
+        with open(backend, "rb") as f:
+            return b"libpcsclite" in f.read()
+    except OSError:
+        return False
+
+
+def polkit_allows(user: str, rule_dirs: Iterable[Path] = POLKIT_RULE_DIRS) -> bool:
+    """A rule that names the pcsc-lite actions and this user (or its group) exists."""
+    names = {user}
+    try:
+        names |= {g.gr_name for g in grp.getgrall() if user in g.gr_mem}
+        names.add(grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name)
+    except KeyError:
+        pass
+    for d in rule_dirs:
+        for rule in sorted(Path(d).glob("*.rules")) if Path(d).is_dir() else []:
+            try:
+                text = rule.read_text(errors="replace")
+            except OSError:
+                continue
+            if any(a in text for a in PCSC_ACTIONS) and any(re.search(rf"[\"']{re.escape(n)}[\"']", text)
+                                                             for n in names):
+                return True
+    return False
+
+
+def polkit(backend: str | None, user: str, help_text: str | None = None,
+           rule_dirs: Iterable[Path] = POLKIT_RULE_DIRS) -> list[Warning]:
+    if not backend or user == "root" or not uses_pcsc(backend) or not pcscd_has_polkit(help_text):
+        return []
+    if polkit_allows(user, rule_dirs):
+        return []
+    return [Warning("polkit", f"pcscd asks polkit before serving a client and no rule lets user {user} in: "
+                              f"named running as {user} will see no reader. Install a rule allowing "
+                              f"{' and '.join(PCSC_ACTIONS)} for {user} (the package ships one).")]
+
+
+_WRITABLE = """
+import os, sys
+p = sys.argv[1]
+d = p
+while not os.path.exists(d):
+    d = os.path.dirname(d) or "."
+if d == p:
+    ok = os.path.isfile(p) and os.access(p, os.W_OK)
+else:
+    ok = os.access(d, os.W_OK | os.X_OK)
+print("ok" if ok else "no")
+"""
+
+
+def as_user(user: str) -> dict[str, object]:
+    """subprocess keyword arguments that run a child as ``user`` (root only)."""
+    pw = pwd.getpwnam(user)
+    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
+
+
+def audit_writable(path: str, user: str | None) -> list[Warning]:
+    """Can the signer's user append to (or create) the audit log?  Fail-closed refuses every call
+    when it cannot.  Checked as that user in a child process; nothing is written."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    who = user or me
+    kwargs: dict[str, object] = {}
+    if who != me:
+        if os.geteuid() != 0:
+            return [Warning("audit-log", f"cannot check the audit log {path} as user {who} without root")]
+        try:
+            kwargs = as_user(who)
+        except KeyError:
+            return [Warning("user", f"no such user {who}")]
+    try:
+        r = subprocess.run([sys.executable, "-c", _WRITABLE, path], capture_output=True, text=True, timeout=30,
+                           cwd="/", **kwargs)  # type: ignore[call-overload]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [Warning("audit-log", f"could not check the audit log {path} as {who}: {e}")]
+    if r.stdout.strip() == "ok":
+        return []
+    return [Warning("audit-log", f"user {who} cannot write the audit log {path}: with on_failure = fail-closed "
+                                 "every PKCS#11 call of the signer will fail. Give the file (or its directory) "
+                                 f"to {who}, e.g. install -d -o {who} -m 0750 {os.path.dirname(path) or '.'}")]
+
+
+def piv_invisible(token_model: str, private_key_ids: Iterable[str]) -> list[Warning]:
+    """OpenSC's PIV driver finds keys through their certificates: a slot without one shows nothing."""
+    if not token_model.upper().startswith("PIV"):
+        return []
+    seen = set(private_key_ids)
+    hidden = [slot for kid, slot in PIV_SLOTS.items() if kid not in seen]
+    if not hidden:
+        return []
+    return [Warning("piv-certificate", f"PIV slot(s) {', '.join(hidden)} show no key. OpenSC sees a PIV key only "
+                                       "through its certificate: a key generated on the card without one is "
+                                       "invisible to every signer. Import a certificate for it (e.g. "
+                                       "yubico-piv-tool -a selfsign-certificate, then -a import-certificate).")]
