@@ -57,8 +57,12 @@ def _child(module: str, env: dict[str, str], request: dict[str, Any], user: str 
     kwargs: dict[str, Any] = {}
     if user and os.geteuid() == 0 and user != "root":
         kwargs = checks.as_user(user)
-    proc = subprocess.run([sys.executable, "-m", "shim.probe.exercise"], input=json.dumps(request) + "\n",
-                          capture_output=True, text=True, env=env, cwd=workdir, timeout=300, **kwargs)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "shim.probe.exercise"], input=json.dumps(request) + "\n",
+                              capture_output=True, text=True, env=env, cwd=workdir, timeout=300, **kwargs)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        who = f" as user {user}" if kwargs else ""
+        return {"error": f"could not run {sys.executable}{who}: {e}"}, ""
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     stderr = "\n".join(ln for ln in proc.stderr.splitlines() if ln.strip())[-2000:]
     if not lines:

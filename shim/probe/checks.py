@@ -13,7 +13,6 @@ import os
 import pwd
 import re
 import subprocess
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +106,33 @@ def pcscd_has_polkit(help_text: str | None = None) -> bool:
     return "polkit" in help_text.lower()
 
 
+_SONAME = re.compile(rb"lib[A-Za-z0-9_+-]+\.so(?:\.[0-9]+)*")
+LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib")
+
+
 def uses_pcsc(backend: str) -> bool:
-    """Does the backend reach cards through pcscd?  OpenSC dlopens libpcsclite by name."""
+    """Does the backend reach cards through pcscd?  OpenSC's libopensc dlopens libpcsclite by
+    name, so look in the module and in the libraries it names (one level, nothing is run)."""
     try:
         with open(backend, "rb") as f:
-            return b"libpcsclite" in f.read()
+            data = f.read()
     except OSError:
         return False
+    if b"libpcsclite" in data:
+        return True
+    here = os.path.dirname(backend)
+    for name in {m.decode() for m in _SONAME.findall(data)}:
+        for d in (here, *LIB_DIRS):
+            path = os.path.join(d, name)
+            if os.path.isfile(path):
+                try:
+                    with open(path, "rb") as f:
+                        if b"libpcsclite" in f.read():
+                            return True
+                except OSError:
+                    pass
+                break
+    return False
 
 
 def polkit_allows(user: str, rule_dirs: Iterable[Path] = POLKIT_RULE_DIRS) -> bool:
@@ -147,18 +166,8 @@ def polkit(backend: str | None, user: str, help_text: str | None = None,
                               f"{' and '.join(PCSC_ACTIONS)} for {user} (the package ships one).")]
 
 
-_WRITABLE = """
-import os, sys
-p = sys.argv[1]
-d = p
-while not os.path.exists(d):
-    d = os.path.dirname(d) or "."
-if d == p:
-    ok = os.path.isfile(p) and os.access(p, os.W_OK)
-else:
-    ok = os.access(d, os.W_OK | os.X_OK)
-print("ok" if ok else "no")
-"""
+# Run as the signer's user by /bin/sh (any user can run it, unlike a venv's Python under /root).
+_WRITABLE = 'if [ "$1" = file ]; then [ -f "$2" ] && [ -w "$2" ]; else [ -d "$2" ] && [ -w "$2" ] && [ -x "$2" ]; fi'
 
 
 def as_user(user: str) -> dict[str, object]:
@@ -181,12 +190,16 @@ def audit_writable(path: str, user: str | None) -> list[Warning]:
             kwargs = as_user(who)
         except KeyError:
             return [Warning("user", f"no such user {who}")]
+    target = os.path.abspath(path)
+    kind = "file"
+    while not os.path.exists(target):  # the nearest existing directory must let the user create the rest
+        target, kind = os.path.dirname(target), "dir"
     try:
-        r = subprocess.run([sys.executable, "-c", _WRITABLE, path], capture_output=True, text=True, timeout=30,
+        r = subprocess.run(["/bin/sh", "-c", _WRITABLE, "sh", kind, target], capture_output=True, timeout=30,
                            cwd="/", **kwargs)  # type: ignore[call-overload]
     except (OSError, subprocess.TimeoutExpired) as e:
         return [Warning("audit-log", f"could not check the audit log {path} as {who}: {e}")]
-    if r.stdout.strip() == "ok":
+    if r.returncode == 0:
         return []
     return [Warning("audit-log", f"user {who} cannot write the audit log {path}: with on_failure = fail-closed "
                                  "every PKCS#11 call of the signer will fail. Give the file (or its directory) "
