@@ -206,9 +206,10 @@ def audit_writable(path: str, user: str | None) -> list[Warning]:
                                  f"to {who}, e.g. install -d -o {who} -m 0750 {os.path.dirname(path) or '.'}")]
 
 
-def piv_invisible(token_model: str, private_key_ids: Iterable[str]) -> list[Warning]:
-    """OpenSC's PIV driver finds keys through their certificates: a slot without one shows nothing."""
-    if not token_model.upper().startswith("PIV"):
+def piv_invisible(token: str, private_key_ids: Iterable[str]) -> list[Warning]:
+    """OpenSC's PIV driver (manufacturer ``piv_II``) finds keys through their certificates: a slot
+    without one shows nothing.  ``token`` is the token's manufacturer and model."""
+    if "piv" not in token.lower():
         return []
     seen = set(private_key_ids)
     hidden = [slot for kid, slot in PIV_SLOTS.items() if kid not in seen]

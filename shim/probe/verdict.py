@@ -51,7 +51,7 @@ class Observations:
     login: str
     logged_in: bool
     random: str | None
-    model: str = ""
+    model: str = ""  # the token's manufacturer and model
 
     @classmethod
     def build(cls, child: Mapping[str, Any], audit: list[dict[str, Any]]) -> Observations:
@@ -78,7 +78,7 @@ class Observations:
                 c["tag"] = None
         return cls(calls, mechs, ex.get("objects", []), ops, str(ex.get("login", "")),
                    ex.get("login") == "CKR_OK", ex.get("random"),
-                   (slot or {}).get("token", {}).get("model", ""))
+                   " ".join((slot or {}).get("token", {}).get(k, "") for k in ("manufacturer", "model")))
 
     # -- objects ----------------------------------------------------------------------
     def keys(self, cls: int, key: str | None = None) -> list[dict[str, Any]]:

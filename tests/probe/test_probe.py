@@ -182,6 +182,7 @@ def test_a_piv_key_without_a_certificate_is_reported_invisible(card_kind: str, r
     conf = write_config(tmp_path / "c.toml", vc.info, tmp_path / "audit.jsonl")
     pin = tmp_path / "pin"
     pin.write_text(vc.info.pin)
+    pin.chmod(0o600)
     report = probe.run(probe.Options(config=str(conf), pin_source=str(pin), env=env))
     ids = {k["id"] for k in report["keys"] if k["class"] == "private key"}
     assert "02" not in ids and "01" in ids  # 9C is CKA_ID 02: OpenSC does not show it
