@@ -238,7 +238,7 @@ def run(opts: Options) -> dict[str, Any]:
             ids = checks.as_user(user)
             os.chown(workdir, int(ids["user"]), int(ids["group"]))  # type: ignore[call-overload]
         env["SC4DNSSEC_AUDIT_LOG"] = audit
-        request = {"module": opts.module or module_path(), "pin": pin, "token": opts.token, "ops": ops,
+        request: dict[str, Any] = {"module": opts.module or module_path(), "pin": pin, "token": opts.token, "ops": ops,
                    "mechanisms": extra}
         child, stderr = _child(request["module"], env, request, user, workdir)
         request["pin"] = None
@@ -276,8 +276,8 @@ def run(opts: Options) -> dict[str, Any]:
         tflags = int(chosen["token"]["flags"])
         if tflags & TokenFlag.USER_PIN_COUNT_LOW and not tflags & TokenFlag.USER_PIN_LOCKED:
             warn.append({"code": "pin-count", "message": "the token reports wrong PINs entered: few retries are left"})
-        ids = [o.get("ID", "") for o in obs.objects]
-        warn += [w.__dict__ for w in checks.piv_invisible(obs.model, ids)]
+        key_ids = [o.get("ID", "") for o in obs.objects]
+        warn += [w.__dict__ for w in checks.piv_invisible(obs.model, key_ids)]
     wanted = set(extra)
     report["mechanisms"] = _mechanism_rows(obs, wanted)
     report["keys"] = _keys(obs)

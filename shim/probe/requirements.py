@@ -191,8 +191,10 @@ def load_table(path: Path = TABLE) -> list[SequenceRequirements]:
     doc = json.loads(path.read_text())
     out = []
     for s in doc["sequences"]:
-        reqs = [Requirement(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items()})
-                for r in s["requirements"]]
+        reqs = []
+        for r in s["requirements"]:
+            fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in r.items()}
+            reqs.append(Requirement(**fields))
         out.append(SequenceRequirements(s["name"], s["consumer"], list(s["needs"]), reqs))
     return out
 

@@ -83,7 +83,8 @@ class Observations:
     # -- objects ----------------------------------------------------------------------
     def keys(self, cls: int, key: str | None = None) -> list[dict[str, Any]]:
         kt = {"ec": int(CKK.EC), "rsa": int(CKK.RSA)}.get(key or "")
-        return [o for o in self.objects if _int(o.get("CLASS")) == cls and (kt is None or _int(o.get("KEY_TYPE")) == kt)]
+        return [o for o in self.objects
+                if _int(o.get("CLASS")) == cls and (kt is None or _int(o.get("KEY_TYPE")) == kt)]
 
     def key_types(self) -> set[str]:
         return {k for k in ("ec", "rsa") if self.keys(int(CKO.PRIVATE_KEY), k)}

@@ -26,7 +26,6 @@ from shim.functions import FUNCTIONS
 from shim.locate import module_path
 from shim.probe import requirements
 
-
 RESULTS = Path(__file__).resolve().parents[2] / "conformance" / "results"
 # conformance status -> the probe's status for that sequence
 AGREES = {"pass": {"pass"}, "fail": {"fail"}, "skip": {"unavailable"}}
@@ -136,7 +135,8 @@ def test_cli_exits_non_zero_for_a_named_consumer_that_would_fail(card: Any, tmp_
     env = dict(os.environ, **card.env)
     env.pop("SC4DNSSEC_BACKEND", None)
     good = write_config(tmp_path / "good.toml", card, tmp_path / "audit.jsonl")
-    bad = write_config(tmp_path / "bad.toml", card, tmp_path / "audit.jsonl", policy={"allow_functions": DIGESTS_DENIED})
+    bad = write_config(tmp_path / "bad.toml", card, tmp_path / "audit.jsonl",
+                       policy={"allow_functions": DIGESTS_DENIED})
     base = ["probe", "--pin-source", str(pin_file), "--json"]
     r = _cli([*base, "--config", str(good), "--for", "bind920", "--for", "powerdns"], env)
     assert r.returncode == 0, r.stdout + r.stderr
