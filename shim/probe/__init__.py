@@ -32,7 +32,7 @@ from shim.constants import CKK, CKO, MechanismFlag, TokenFlag
 from shim.locate import module_path
 from shim.probe import checks
 from shim.probe.requirements import CONSUMERS, exercised_mechanisms, load_table
-from shim.probe.verdict import SHIM_HANDLES, SUPPLEMENTS, ConsumerVerdict, Observations, judge_consumers
+from shim.probe.verdict import SUPPLEMENTS, ConsumerVerdict, Observations, judge_consumers
 
 EXIT_OK, EXIT_FAILS, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
 
@@ -62,7 +62,8 @@ def _child(module: str, env: dict[str, str], request: dict[str, Any], user: str 
                               capture_output=True, text=True, env=env, cwd=workdir, timeout=300, **kwargs)
     except (OSError, subprocess.TimeoutExpired) as e:
         who = f" as user {user}" if kwargs else ""
-        return {"error": f"could not run {sys.executable}{who}: {e}"}, ""
+        return {"error": f"could not run {sys.executable}{who}: {e}. The signer's user needs this Python "
+                         "installation too: the shim embeds it"}, ""
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     stderr = "\n".join(ln for ln in proc.stderr.splitlines() if ln.strip())[-2000:]
     if not lines:
@@ -181,7 +182,7 @@ def _keys(obs: Observations) -> list[dict[str, Any]]:
             "id": o.get("ID", ""),
             "type": "" if kt is None else {int(CKK.EC): "EC", int(CKK.RSA): "RSA"}.get(kt, hex(kt)),
         }
-        if cls == CKO.PUBLIC_KEY and o["handle"] >= SHIM_HANDLES:
+        if cls == CKO.PUBLIC_KEY and o.get("by_shim"):
             entry["presented_by"] = "shim"
         if cls in (CKO.PRIVATE_KEY, CKO.PUBLIC_KEY):
             pub = next((p for p in obs.objects if p.get("ID") == o.get("ID") and p.get("CLASS") and
@@ -223,6 +224,10 @@ def run(opts: Options) -> dict[str, Any]:
         is not None else checks.POLKIT_RULE_DIRS
     warn += [w.__dict__ for w in checks.polkit(conf.backend, signer, opts.polkit_help, rule_dirs)]
     warn += [w.__dict__ for w in checks.audit_writable(conf.audit_path, user)]
+    if user:
+        needed = [("pin-source", opts.pin_source)] if opts.pin_source else []
+        needed += [("config", conf.source)] if conf.source != "defaults" else []
+        warn += [w.__dict__ for w in checks.readable_by(user, needed)]
     if not conf.backend or not os.path.isfile(conf.backend):
         report["consumers"] = [_unreached(cid) for cid in CONSUMERS]
         return report

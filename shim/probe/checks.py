@@ -167,7 +167,11 @@ def polkit(backend: str | None, user: str, help_text: str | None = None,
 
 
 # Run as the signer's user by /bin/sh (any user can run it, unlike a venv's Python under /root).
-_WRITABLE = 'if [ "$1" = file ]; then [ -f "$2" ] && [ -w "$2" ]; else [ -d "$2" ] && [ -w "$2" ] && [ -x "$2" ]; fi'
+_ACCESS = {
+    "append": '[ -f "$1" ] && [ -w "$1" ]',
+    "create": '[ -d "$1" ] && [ -w "$1" ] && [ -x "$1" ]',
+    "read": '[ -f "$1" ] && [ -r "$1" ]',
+}
 
 
 def as_user(user: str) -> dict[str, object]:
@@ -177,33 +181,56 @@ def as_user(user: str) -> dict[str, object]:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}
 
 
-def audit_writable(path: str, user: str | None) -> list[Warning]:
-    """Can the signer's user append to (or create) the audit log?  Fail-closed refuses every call
-    when it cannot.  Checked as that user in a child process; nothing is written."""
+def _can(user: str | None, how: str, path: str) -> bool | str:
+    """Whether ``user`` (default: this process's) can ``how`` the file at ``path``, tested by
+    that user in a child process; a string says why it could not be tested.  For ``append``, a
+    missing file needs the nearest existing directory to let the user create the rest."""
     me = pwd.getpwuid(os.getuid()).pw_name
     who = user or me
     kwargs: dict[str, object] = {}
     if who != me:
         if os.geteuid() != 0:
-            return [Warning("audit-log", f"cannot check the audit log {path} as user {who} without root")]
+            return f"checking as user {who} needs root"
         try:
             kwargs = as_user(who)
         except KeyError:
-            return [Warning("user", f"no such user {who}")]
+            return f"no such user {who}"
     target = os.path.abspath(path)
-    kind = "file"
-    while not os.path.exists(target):  # the nearest existing directory must let the user create the rest
-        target, kind = os.path.dirname(target), "dir"
+    if how == "append":
+        while not os.path.exists(target):
+            target, how = os.path.dirname(target), "create"
     try:
-        r = subprocess.run(["/bin/sh", "-c", _WRITABLE, "sh", kind, target], capture_output=True, timeout=30,
+        r = subprocess.run(["/bin/sh", "-c", _ACCESS[how], "sh", target], capture_output=True, timeout=30,
                            cwd="/", **kwargs)  # type: ignore[call-overload]
     except (OSError, subprocess.TimeoutExpired) as e:
-        return [Warning("audit-log", f"could not check the audit log {path} as {who}: {e}")]
-    if r.returncode == 0:
+        return f"could not run a check as {who}: {e}"
+    return r.returncode == 0
+
+
+def audit_writable(path: str, user: str | None) -> list[Warning]:
+    """Can the signer's user append to (or create) the audit log?  Fail-closed refuses every call
+    when it cannot.  Nothing is written."""
+    ok = _can(user, "append", path)
+    if ok is True:
         return []
+    if isinstance(ok, str):
+        return [Warning("audit-log", f"audit log {path}: {ok}")]
+    who = user or pwd.getpwuid(os.getuid()).pw_name
     return [Warning("audit-log", f"user {who} cannot write the audit log {path}: with on_failure = fail-closed "
                                  "every PKCS#11 call of the signer will fail. Give the file (or its directory) "
                                  f"to {who}, e.g. install -d -o {who} -m 0750 {os.path.dirname(path) or '.'}")]
+
+
+def readable_by(user: str, files: Iterable[tuple[str, str]]) -> list[Warning]:
+    """(code, path) pairs the signer's user must read: the PIN file, the shim's configuration."""
+    out = []
+    for code, path in files:
+        ok = _can(user, "read", path)
+        if ok is False:
+            out.append(Warning(code, f"user {user} cannot read {path}: the signer running as {user} will fail"))
+        elif isinstance(ok, str):
+            out.append(Warning(code, f"{path}: {ok}"))
+    return out
 
 
 def piv_invisible(token: str, private_key_ids: Iterable[str]) -> list[Warning]:

@@ -15,8 +15,6 @@ from typing import Any
 from shim.constants import CKK, CKO, MechanismFlag
 from shim.probe.requirements import CONSUMERS, Requirement, SequenceRequirements
 
-SHIM_HANDLES = 0xE0000000  # shim/soft/objects.py keeps its objects at and above this handle
-
 SUPPLEMENTS = {
     "verify": "software verification",
     "digest": "software digests",
@@ -68,6 +66,9 @@ class Observations:
                 c = calls[m["call"]] if m.get("call") is not None and m["call"] < len(calls) else {}
                 mechs[name] = {**m, "src": c.get("src")}
         ex = child.get("exercise") or {}
+        # Objects the shim keeps itself (derived public keys) answer C_GetAttributeValue with src=soft.
+        by_shim = {c["args"].get("object") for c in calls if c["fn"] == "C_GetAttributeValue" and c["src"] == "soft"}
+        objects = [{**o, "by_shim": o["handle"] in by_shim} for o in ex.get("objects", [])]
         ops = []
         for op in ex.get("ops", []):
             tag = {"session_public_key": "session public key"}.get(op["op"]) or \
@@ -76,7 +77,7 @@ class Observations:
             ops.append({**op, "calls": tagged})
             for c in tagged:  # the next op with the same tag is a separate attempt
                 c["tag"] = None
-        return cls(calls, mechs, ex.get("objects", []), ops, str(ex.get("login", "")),
+        return cls(calls, mechs, objects, ops, str(ex.get("login", "")),
                    ex.get("login") == "CKR_OK", ex.get("random"),
                    " ".join((slot or {}).get("token", {}).get(k, "") for k in ("manufacturer", "model")))
 
@@ -178,7 +179,7 @@ def _object(r: Requirement, obs: Observations) -> Result:
         match = [p for p in pubs if all(p.get(a) == priv.get(a) for a in attrs)]
         if not match:
             return Result(False, why=f"no public key object with the private key's {'+'.join(attrs)}")
-        shim_made |= any(p["handle"] >= SHIM_HANDLES for p in match)
+        shim_made |= any(p.get("by_shim") for p in match)
     return Result(True, "public-key-objects" if shim_made else None)
 
 

@@ -204,3 +204,15 @@ def test_config_check_cli_exit_codes(tmp_path: Path) -> None:
     assert r.returncode == 0 and "OK" in r.stdout
     r = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert r.returncode == 1 and f"{bad}:2: error: [audit] fsync" in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checking as another user needs root")
+def test_a_pin_file_and_config_the_signer_user_cannot_read_are_named(tmp_path: Path) -> None:
+    pin, conf = tmp_path / "pin", tmp_path / "c.toml"
+    pin.write_text("123456")
+    conf.write_text("")
+    for p in (pin, conf):
+        p.chmod(0o600)
+    warned = checks.readable_by("nobody", [("pin-source", str(pin)), ("config", str(conf))])
+    assert [w.code for w in warned] == ["pin-source", "config"] and all("nobody" in w.message for w in warned)
+    assert checks.readable_by("root", [("pin-source", str(pin))]) == []
