@@ -54,7 +54,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     from shim import probe
 
-    unknown = [c for c in args.for_consumers if c not in probe.CONSUMERS]
+    unknown = [c for c in args.for_consumers if not probe.valid_for(c)]
     if unknown:
         print(f"probe: unknown consumer {', '.join(unknown)} (one of {', '.join(probe.CONSUMERS)})", file=sys.stderr)
         return probe.EXIT_USAGE
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user", help="check as the signer's user (e.g. bind); needs root")
     p.add_argument("--for", dest="for_consumers", action="append", default=[], metavar="CONSUMER",
                    help="exit 1 if this consumer would fail (repeatable): bind916, bind920, opendnssec, knot, "
-                        "powerdns, bind918")
+                        "powerdns, bind918; CONSUMER:keygen also needs key generation on the token")
     p.add_argument("--key-dir", action="append", default=[], metavar="DIR",
                    help="look for pin-value= in DIR/*.private (repeatable)")
     p.add_argument("--named-conf", action="append", default=[], metavar="FILE",

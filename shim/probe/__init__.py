@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -191,43 +191,50 @@ def _keys(obs: Observations) -> list[dict[str, Any]]:
         elif cls == CKO.CERTIFICATE:
             entry.update(_public_key({"ID": o.get("ID")}, certs))
         out.append(entry)
-    return out
+    order = {"private key": 0, "public key": 1, "certificate": 2}
+    return sorted(out, key=lambda k: (k["id"], order[k["class"]]))
 
 
 def run(opts: Options) -> dict[str, Any]:
     """The whole report as a JSON-able dict (no PIN anywhere in it)."""
+    warn: list[checks.Finding] = []
+    report = _run(opts, warn)
+    report["warnings"] = [asdict(w) for w in warn]
+    return report
+
+
+def _run(opts: Options, warn: list[checks.Finding]) -> dict[str, Any]:
     env = dict(os.environ if opts.env is None else opts.env)
     if opts.config:
         env["SC4DNSSEC_CONF"] = opts.config
-    report: dict[str, Any] = {"warnings": [], "slots": [], "consumers": [], "mechanisms": [], "keys": []}
-    warn = report["warnings"]
+    report: dict[str, Any] = {"slots": [], "consumers": [], "mechanisms": [], "keys": []}
     try:
         conf = config_mod.load(env)
     except config_mod.ConfigError as e:
-        warn.append({"code": "config", "message": str(e)})
+        warn.append(checks.Finding("config", str(e)))
         return report
     user = opts.user
     report["config"] = {"source": conf.source, "backend": conf.backend, "audit": conf.audit_path,
                         "on_failure": conf.audit_on_failure}
     if not conf.backend:
-        warn.append({"code": "backend", "message": "no backend configured: set backend = \"/path/module.so\" in "
-                                                   "the config file or SC4DNSSEC_BACKEND"})
+        warn.append(checks.Finding("backend", "no backend configured: set backend = \"/path/module.so\" in "
+                                                   "the config file or SC4DNSSEC_BACKEND"))
     elif not os.path.isfile(conf.backend):
-        warn.append({"code": "backend", "message": f"backend {conf.backend} does not exist"})
+        warn.append(checks.Finding("backend", f"backend {conf.backend} does not exist"))
     pin: str | None = None
     if opts.pin_source:
         pin, ws = checks.pin_file(opts.pin_source)
-        warn += [w.__dict__ for w in ws]
-    warn += [w.__dict__ for w in checks.pin_value_files(opts.key_dirs, opts.named_conf)]
+        warn += ws
+    warn += checks.pin_value_files(opts.key_dirs, opts.named_conf)
     signer = user or pwd.getpwuid(os.getuid()).pw_name
     rule_dirs = [Path(d) for d in opts.polkit_rule_dirs] if opts.polkit_rule_dirs \
         is not None else checks.POLKIT_RULE_DIRS
-    warn += [w.__dict__ for w in checks.polkit(conf.backend, signer, opts.polkit_help, rule_dirs)]
-    warn += [w.__dict__ for w in checks.audit_writable(conf.audit_path, user)]
+    warn += checks.polkit(conf.backend, signer, opts.polkit_help, rule_dirs)
+    warn += checks.audit_writable(conf.audit_path, user)
     if user:
         needed = [("pin-source", opts.pin_source)] if opts.pin_source else []
         needed += [("config", conf.source)] if conf.source != "defaults" else []
-        warn += [w.__dict__ for w in checks.readable_by(user, needed)]
+        warn += checks.readable_by(user, needed)
     if not conf.backend or not os.path.isfile(conf.backend):
         report["consumers"] = [_unreached(cid) for cid in CONSUMERS]
         return report
@@ -255,7 +262,7 @@ def run(opts: Options) -> dict[str, Any]:
     report["initialize"] = child.get("initialize") or child.get("load_error") or child.get("error")
     if child.get("initialize") != "CKR_OK":
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else report["initialize"]
-        warn.append({"code": "backend", "message": f"the backend did not start through the shim: {detail}"})
+        warn.append(checks.Finding("backend", f"the backend did not start through the shim: {detail}"))
         report["consumers"] = [_unreached(cid) for cid in CONSUMERS]
         return report
     report["library"] = child.get("info")
@@ -266,23 +273,23 @@ def run(opts: Options) -> dict[str, Any]:
                                                                                       "model", "serial")},
                                 "chosen": s["id"] == child.get("chosen")})
     if not [s for s in child.get("slots", []) if s.get("token")]:
-        warn.append({"code": "backend", "message": "the backend answers but shows no token: is the card in the "
-                                                   "reader, and can this user reach pcscd?"})
+        warn.append(checks.Finding("backend", "the backend answers but shows no token: is the card in the "
+                                                   "reader, and can this user reach pcscd?"))
     if child.get("chosen") is None and any(s.get("token") for s in child.get("slots", [])):
-        warn.append({"code": "token", "message": "several tokens: name the signer's one with --token LABEL "
-                                                 "(the probe logs in on one token only)"})
+        warn.append(checks.Finding("token", "several tokens: name the signer's one with --token LABEL "
+                                                 "(the probe logs in on one token only)"))
     obs = Observations.build(child, calls)
     ex = child.get("exercise") or {}
     report["login"] = ex.get("login")
     if ex.get("login") not in (None, "CKR_OK", "no PIN given"):
-        warn.append({"code": "login", "message": f"login: {ex['login']}"})
+        warn.append(checks.Finding("login", f"login: {ex['login']}"))
     chosen = next((s for s in child.get("slots", []) if s["id"] == child.get("chosen")), None)
     if chosen:
         tflags = int(chosen["token"]["flags"])
         if tflags & TokenFlag.USER_PIN_COUNT_LOW and not tflags & TokenFlag.USER_PIN_LOCKED:
-            warn.append({"code": "pin-count", "message": "the token reports wrong PINs entered: few retries are left"})
+            warn.append(checks.Finding("pin-count", "the token reports wrong PINs entered: few retries are left"))
         key_ids = [o.get("ID", "") for o in obs.objects]
-        warn += [w.__dict__ for w in checks.piv_invisible(obs.model, key_ids)]
+        warn += checks.piv_invisible(obs.model, key_ids)
     wanted = set(extra)
     report["mechanisms"] = _mechanism_rows(obs, wanted)
     report["keys"] = _keys(obs)
@@ -307,12 +314,26 @@ def _consumer(v: ConsumerVerdict) -> dict[str, Any]:
 def exit_code(report: dict[str, Any], names: list[str]) -> int:
     if not names:
         return EXIT_OK
+    """``names`` are consumer ids, ``ID:keygen`` to require key generation on the token too."""
     by = {c["consumer"]: c for c in report["consumers"]}
-    if any(by.get(n, {}).get("signing") == "refused" for n in names) or not report["consumers"]:
+    states = []
+    for n in names:
+        cid, _, what = n.partition(":")
+        c = by.get(cid, {})
+        states.append({"accepted": "ok", "refused": "fails"}.get(c.get("signing", "refused"), "unverified"))
+        if what == "keygen":
+            states.append({"available": "ok", "unavailable": "fails", "n/a": "fails"}.get(c.get("keygen", "n/a"),
+                                                                                          "unverified"))
+    if "fails" in states or not report["consumers"]:
         return EXIT_FAILS
-    if any(by.get(n, {}).get("signing") != "accepted" for n in names):
+    if "unverified" in states:
         return EXIT_UNVERIFIED
     return EXIT_OK
+
+
+def valid_for(name: str) -> bool:
+    cid, sep, what = name.partition(":")
+    return cid in CONSUMERS and (not sep or what == "keygen")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -363,5 +384,5 @@ def render(report: dict[str, Any]) -> str:
     if report["warnings"]:
         out.append("\nwarnings")
         for w in report["warnings"]:
-            out.append(f"  [{w['code']}] {w['message']}")
+            out.append(f"  {w.get('level', 'warning')} [{w['code']}] {w['message']}")
     return "\n".join(out) + "\n"

@@ -1,6 +1,6 @@
 """The traps operators fall into, checked on the host (not through PKCS#11).
 
-Each check returns :class:`Warning` records; none prints or returns a PIN.  Inputs that depend
+Each check returns :class:`Finding` records; none prints or returns a PIN.  Inputs that depend
 on the host (polkit rule directories, ``pcscd --help``) are parameters so tests can plant them.
 """
 
@@ -23,39 +23,40 @@ PIV_SLOTS = {"01": "9A", "02": "9C", "03": "9D", "04": "9E"}  # OpenSC's CKA_ID 
 
 
 @dataclass(frozen=True)
-class Warning:
+class Finding:
     code: str
     message: str
+    level: str = "warning"  # "note": worth knowing, not necessarily wrong
 
 
-def pin_file(path: str) -> tuple[str | None, list[Warning]]:
+def pin_file(path: str) -> tuple[str | None, list[Finding]]:
     """The PIN from a ``pin-source`` file and what is wrong with the file.
 
     BIND reads the file verbatim, so a trailing newline is part of the PIN it sends.  The PIN is
     returned only when it is safe to try: a newline-terminated one would cost the card a retry."""
-    warnings: list[Warning] = []
+    warnings: list[Finding] = []
     try:
         st = os.stat(path)
         with open(path, "rb") as f:
             raw = f.read(4096)
     except OSError as e:
-        return None, [Warning("pin-source", f"pin-source {path}: cannot read it ({e.strerror})")]
+        return None, [Finding("pin-source", f"pin-source {path}: cannot read it ({e.strerror})")]
     if st.st_mode & 0o007:
-        warnings.append(Warning("pin-source", f"pin-source {path} is readable by every user "
+        warnings.append(Finding("pin-source", f"pin-source {path} is readable by every user "
                                               f"(mode {st.st_mode & 0o777:o}): chmod o-rwx"))
     if raw.endswith(b"\n") or raw.endswith(b"\r"):
-        warnings.append(Warning(
+        warnings.append(Finding(
             "pin-newline",
             f"pin-source {path} ends with a newline: BIND sends it as part of the PIN, and the card "
             "counts a wrong PIN. Write it without one (printf '%s' \"$PIN\" > FILE). The probe did not "
             "log in with it."))
         return None, warnings
     if not raw:
-        return None, warnings + [Warning("pin-source", f"pin-source {path} is empty")]
+        return None, warnings + [Finding("pin-source", f"pin-source {path} is empty")]
     try:
         return raw.decode("utf-8"), warnings
     except UnicodeDecodeError:
-        return None, warnings + [Warning("pin-source", f"pin-source {path} is not UTF-8 text")]
+        return None, warnings + [Finding("pin-source", f"pin-source {path} is not UTF-8 text")]
 
 
 _PIN_VALUE = re.compile(rb"pin-value=", re.IGNORECASE)
@@ -74,7 +75,7 @@ def _mentions_pin_value(data: bytes) -> bool:
     return False
 
 
-def pin_value_files(key_dirs: Iterable[str], conf_files: Iterable[str] = ()) -> list[Warning]:
+def pin_value_files(key_dirs: Iterable[str], conf_files: Iterable[str] = ()) -> list[Finding]:
     """``pin-value=`` in key files or named.conf: the PIN sits in clear (or base64) on disk."""
     hits: list[str] = []
     paths: list[Path] = []
@@ -90,7 +91,7 @@ def pin_value_files(key_dirs: Iterable[str], conf_files: Iterable[str] = ()) -> 
             hits.append(str(p))
     if not hits:
         return []
-    return [Warning("pin-value", f"{len(hits)} file(s) carry a pin-value= label, so the PIN is stored in "
+    return [Finding("pin-value", f"{len(hits)} file(s) carry a pin-value= label, so the PIN is stored in "
                                  f"them: {', '.join(hits)}. Use pin-source=/absolute/file instead and re-create "
                                  "the key files (dnssec-keyfromlabel -l \"pkcs11:...;pin-source=FILE\").")]
 
@@ -156,12 +157,12 @@ def polkit_allows(user: str, rule_dirs: Iterable[Path] = POLKIT_RULE_DIRS) -> bo
 
 
 def polkit(backend: str | None, user: str, help_text: str | None = None,
-           rule_dirs: Iterable[Path] = POLKIT_RULE_DIRS) -> list[Warning]:
+           rule_dirs: Iterable[Path] = POLKIT_RULE_DIRS) -> list[Finding]:
     if not backend or user == "root" or not uses_pcsc(backend) or not pcscd_has_polkit(help_text):
         return []
     if polkit_allows(user, rule_dirs):
         return []
-    return [Warning("polkit", f"pcscd asks polkit before serving a client and no rule lets user {user} in: "
+    return [Finding("polkit", f"pcscd asks polkit before serving a client and no rule lets user {user} in: "
                               f"named running as {user} will see no reader. Install a rule allowing "
                               f"{' and '.join(PCSC_ACTIONS)} for {user} (the package ships one).")]
 
@@ -207,33 +208,33 @@ def _can(user: str | None, how: str, path: str) -> bool | str:
     return r.returncode == 0
 
 
-def audit_writable(path: str, user: str | None) -> list[Warning]:
+def audit_writable(path: str, user: str | None) -> list[Finding]:
     """Can the signer's user append to (or create) the audit log?  Fail-closed refuses every call
     when it cannot.  Nothing is written."""
     ok = _can(user, "append", path)
     if ok is True:
         return []
     if isinstance(ok, str):
-        return [Warning("audit-log", f"audit log {path}: {ok}")]
+        return [Finding("audit-log", f"audit log {path}: {ok}")]
     who = user or pwd.getpwuid(os.getuid()).pw_name
-    return [Warning("audit-log", f"user {who} cannot write the audit log {path}: with on_failure = fail-closed "
+    return [Finding("audit-log", f"user {who} cannot write the audit log {path}: with on_failure = fail-closed "
                                  "every PKCS#11 call of the signer will fail. Give the file (or its directory) "
                                  f"to {who}, e.g. install -d -o {who} -m 0750 {os.path.dirname(path) or '.'}")]
 
 
-def readable_by(user: str, files: Iterable[tuple[str, str]]) -> list[Warning]:
+def readable_by(user: str, files: Iterable[tuple[str, str]]) -> list[Finding]:
     """(code, path) pairs the signer's user must read: the PIN file, the shim's configuration."""
     out = []
     for code, path in files:
         ok = _can(user, "read", path)
         if ok is False:
-            out.append(Warning(code, f"user {user} cannot read {path}: the signer running as {user} will fail"))
+            out.append(Finding(code, f"user {user} cannot read {path}: the signer running as {user} will fail"))
         elif isinstance(ok, str):
-            out.append(Warning(code, f"{path}: {ok}"))
+            out.append(Finding(code, f"{path}: {ok}"))
     return out
 
 
-def piv_invisible(token: str, private_key_ids: Iterable[str]) -> list[Warning]:
+def piv_invisible(token: str, private_key_ids: Iterable[str]) -> list[Finding]:
     """OpenSC's PIV driver (manufacturer ``piv_II``) finds keys through their certificates: a slot
     without one shows nothing.  ``token`` is the token's manufacturer and model."""
     if "piv" not in token.lower():
@@ -242,7 +243,11 @@ def piv_invisible(token: str, private_key_ids: Iterable[str]) -> list[Warning]:
     hidden = [slot for kid, slot in PIV_SLOTS.items() if kid not in seen]
     if not hidden:
         return []
-    return [Warning("piv-certificate", f"PIV slot(s) {', '.join(hidden)} show no key. OpenSC sees a PIV key only "
-                                       "through its certificate: a key generated on the card without one is "
-                                       "invisible to every signer. Import a certificate for it (e.g. "
-                                       "yubico-piv-tool -a selfsign-certificate, then -a import-certificate).")]
+    # An empty slot and a key without a certificate look the same through PKCS#11: a note, unless
+    # no key shows at all.
+    level = "warning" if len(hidden) == len(PIV_SLOTS) else "note"
+    return [Finding("piv-certificate", f"PIV slot(s) {', '.join(hidden)} show no key. OpenSC sees a PIV key only "
+                                       "through its certificate: a key generated there without one is "
+                                       "invisible to every signer. If you made one, import a certificate for it "
+                                       "(e.g. yubico-piv-tool -a selfsign-certificate, then -a "
+                                       "import-certificate).", level)]

@@ -151,6 +151,8 @@ def test_cli_exits_non_zero_for_a_named_consumer_that_would_fail(card: Any, tmp_
     assert "not verified" in r.stdout
     r = _cli(["probe", "--for", "nosuch"], env)
     assert r.returncode == probe.EXIT_USAGE
+    r = _cli([*base, "--config", str(good), "--for", "bind920:keygen"], env)
+    assert r.returncode == (probe.EXIT_FAILS if card.kind == "virtual" else probe.EXIT_OK), r.stdout + r.stderr
 
 
 def test_text_report_names_slots_keys_mechanisms_and_consumers(card: Any, tmp_path: Path, pin_file: Path) -> None:
@@ -187,4 +189,4 @@ def test_a_piv_key_without_a_certificate_is_reported_invisible(card_kind: str, r
     ids = {k["id"] for k in report["keys"] if k["class"] == "private key"}
     assert "02" not in ids and "01" in ids  # 9C is CKA_ID 02: OpenSC does not show it
     piv = [w for w in report["warnings"] if w["code"] == "piv-certificate"]
-    assert piv and "9C" in piv[0]["message"], report["warnings"]
+    assert piv and "9C" in piv[0]["message"] and "9A" not in piv[0]["message"], report["warnings"]
