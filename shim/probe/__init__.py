@@ -279,6 +279,9 @@ def _run(opts: Options, warn: list[checks.Finding]) -> dict[str, Any]:
         warn.append(checks.Finding("token", "several tokens: name the signer's one with --token LABEL "
                                                  "(the probe logs in on one token only)"))
     obs = Observations.build(child, calls)
+    if len(calls) != len(child.get("trace", [])):
+        warn.append(checks.Finding("audit", f"the shim recorded {len(calls)} calls for the probe's "
+                                            f"{len(child.get('trace', []))}: card/software attribution is missing"))
     ex = child.get("exercise") or {}
     report["login"] = ex.get("login")
     if ex.get("login") not in (None, "CKR_OK", "no PIN given"):

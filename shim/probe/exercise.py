@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import traceback
 from typing import Any
 
 from shim.constants import CKA, CKK, CKM, CKO, CKR, CKU, InitFlag, SessionFlag, TokenFlag, name_of
@@ -37,24 +38,22 @@ def _rv(rv: int) -> str:
 
 
 class Exercise:
+    """The probe's operations; each sets ``m.tag`` so its calls can be found in the trace."""
+
     def __init__(self, module: p11.Module) -> None:
         self.m = module
-        self.tags: list[str] = []  # one per traced call: what the probe was trying
-        self.tag = "startup"
+        self.m.tag = "startup"
+
+    @property
+    def tag(self) -> str:
+        return self.m.tag
+
+    @tag.setter
+    def tag(self, value: str) -> None:
+        self.m.tag = value
 
     def call(self, name: str, *args: Any) -> int:
-        rv = self.m.call(name, *args)
-        self.tags.append(self.tag)
-        return rv
-
-    def _sync(self) -> None:
-        """Calls made through Module helpers are traced there; tag them too."""
-        self.tags += [self.tag] * (len(self.m.trace) - len(self.tags))
-
-    def helper(self, method: str, *args: Any) -> Any:
-        out = getattr(self.m, method)(*args)
-        self._sync()
-        return out
+        return self.m.call(name, *args)
 
     # -- read-only discovery ----------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -80,7 +79,7 @@ class Exercise:
             return out
         out["token"] = {"label": p11.text(ti.label), "manufacturer": p11.text(ti.manufacturerID),
                         "model": p11.text(ti.model), "serial": p11.text(ti.serialNumber), "flags": int(ti.flags)}
-        rv, listed = self.helper("mechanism_list", slot)
+        rv, listed = self.m.mechanism_list(slot)
         out["mechanism_list_rv"] = _rv(rv)
         mechs: dict[str, Any] = {}
         names = [name_of(CKM, m) for m in listed]
@@ -93,19 +92,19 @@ class Exercise:
             self.tag = f"mechanism {name}"
             rv = self.call("C_GetMechanismInfo", slot, mtype, ctypes.byref(mi))
             mechs[name] = {"listed": name in names, "rv": _rv(rv), "flags": int(mi.flags) if rv == CKR.OK else 0,
-                           "min": int(mi.ulMinKeySize), "max": int(mi.ulMaxKeySize), "call": len(self.tags) - 1}
+                           "min": int(mi.ulMinKeySize), "max": int(mi.ulMaxKeySize), "call": len(self.m.trace) - 1}
         self.tag = "startup"
         out["mechanisms"] = mechs
         return out
 
     def objects(self, session: int, logged_in: bool) -> list[dict[str, Any]]:
         self.tag = "objects"
-        rv, handles = self.helper("find", session, {})
+        rv, handles = self.m.find(session, {})
         found = []
         for h in handles:
             obj: dict[str, Any] = {"handle": h}
             for a in _OBJECT_ATTRS:
-                v = self.helper("attribute", session, h, a)
+                v = self.m.attribute(session, h, a)
                 if v is not None:
                     obj[a.name] = v.hex()
             cls = int.from_bytes(bytes.fromhex(obj.get("CLASS", "")), "little") if "CLASS" in obj else -1
@@ -114,7 +113,7 @@ class Exercise:
                 wanted = (CKA.EC_PARAMS, CKA.ALWAYS_AUTHENTICATE)
             if cls in (CKO.PUBLIC_KEY, CKO.PRIVATE_KEY, CKO.CERTIFICATE):
                 for a in wanted:
-                    v = self.helper("attribute", session, h, a)
+                    v = self.m.attribute(session, h, a)
                     if v is not None:
                         obj[a.name] = v.hex()
             obj["after_login"] = logged_in
@@ -139,10 +138,10 @@ class Exercise:
             rv = self.call("C_SignUpdate", session, buf, len(data))
             if rv != CKR.OK:
                 return _rv(rv), data, b""
-            rv, sig = self.helper("output", "C_SignFinal", session)
+            rv, sig = self.m.output("C_SignFinal", session)
         else:
             buf = ctypes.create_string_buffer(data, len(data))
-            rv, sig = self.helper("output", "C_Sign", session, buf, len(data))
+            rv, sig = self.m.output("C_Sign", session, buf, len(data))
         return _rv(rv), data, sig
 
     def verify(self, session: int, key: int, mech: str, data: bytes, sig: bytes, multipart: bool) -> str:
@@ -172,9 +171,9 @@ class Exercise:
             rv = self.call("C_DigestUpdate", session, data, 100)
             if rv != CKR.OK:
                 return _rv(rv)
-            rv, _ = self.helper("output", "C_DigestFinal", session)
+            rv, _ = self.m.output("C_DigestFinal", session)
         else:
-            rv, _ = self.helper("output", "C_Digest", session, data, 100)
+            rv, _ = self.m.output("C_Digest", session, data, 100)
         return _rv(rv)
 
     def session_public_key(self, session: int, pub: dict[str, Any]) -> str:
@@ -233,9 +232,9 @@ def run(req: dict[str, Any]) -> dict[str, Any]:
         return out
     out["exports_get_interface"] = m.exports("C_GetInterface")
     out["info"] = ex.info()
-    rv, all_slots = ex.helper("slot_list", False)
+    rv, all_slots = ex.m.slot_list(False)
     out["slot_list_rv"] = _rv(rv)
-    rv, present = ex.helper("slot_list", True)
+    rv, present = ex.m.slot_list(True)
     ops: dict[str, list[str]] = req.get("ops", {})
     for slot in all_slots:
         s = ex.slot(slot, list(req.get("mechanisms", [])))
@@ -287,8 +286,9 @@ def _exercise(ex: Exercise, slot: dict[str, Any], pin: str | None, ops: dict[str
     if logged_in:
         objects = ex.objects(session, True)
     res["objects"] = objects
-    privs = {}
-    for o in objects:
+    privs: dict[str, dict[str, Any]] = {}
+    # One key per type; one that needs a context-specific login per signature (PIV 9C) last.
+    for o in sorted(objects, key=lambda o: o.get("ALWAYS_AUTHENTICATE") == "01"):
         kt = _key_type(o)
         if _class(o) == CKO.PRIVATE_KEY and kt and kt not in privs:
             privs[kt] = o
@@ -323,16 +323,16 @@ def _exercise(ex: Exercise, slot: dict[str, Any], pin: str | None, ops: dict[str
 
 
 def _trace(ex: Exercise) -> list[list[Any]]:
-    ex._sync()
-    return [[fn, _rv(rv), tag] for (fn, rv), tag in zip(ex.m.trace, ex.tags, strict=True)]
+    return [[fn, _rv(rv), tag] for fn, rv, tag in ex.m.trace]
 
 
 def main() -> int:
     req = json.loads(sys.stdin.readline())
     try:
         out = run(req)
-    except Exception as e:  # noqa: BLE001 - the parent reports it; a traceback may quote the PIN
-        out = {"error": f"{type(e).__name__}"}
+    except Exception as e:  # noqa: BLE001 - the parent reports it; the message may quote the PIN
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        out = {"error": f"{type(e).__name__} at {os.path.basename(where.filename)}:{where.lineno}"}
     req.pop("pin", None)
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()

@@ -106,7 +106,8 @@ def template(attrs: dict[int, bytes | bool | int]) -> tuple[Any, list[Any]]:
 
 
 class Module:
-    """A loaded PKCS#11 module; ``trace`` lists (function, CK_RV) of every call in order."""
+    """A loaded PKCS#11 module; ``trace`` lists (function, CK_RV, tag) of every call in order,
+    ``tag`` being what the caller said it was doing at the time."""
 
     def __init__(self, path: str) -> None:
         self._lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
@@ -115,14 +116,15 @@ class Module:
         if rv != CKR.OK or not fl:
             raise OSError(f"C_GetFunctionList returned {rv:#x}")
         self.fl = fl.contents
-        self.trace: list[tuple[str, int]] = []
+        self.trace: list[tuple[str, int, str]] = []
+        self.tag = ""
 
     def exports(self, symbol: str) -> bool:
         return hasattr(self._lib, symbol)
 
     def call(self, name: str, *args: Any) -> int:
         rv = int(getattr(self.fl, name)(*args))
-        self.trace.append((name, rv))
+        self.trace.append((name, rv, self.tag))
         return rv
 
     # -- helpers the probe uses -------------------------------------------------------

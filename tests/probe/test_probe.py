@@ -71,6 +71,7 @@ def test_software_supplements_are_named_per_consumer(card: Any, run_probe: Probe
 
 def test_keys_are_listed_with_their_public_keys(card: Any, run_probe: ProbeRun) -> None:
     report = run_probe()
+    assert "audit" not in {w["code"] for w in report["warnings"]}  # every call paired with its record
     privs = [k for k in report["keys"] if k["class"] == "private key"]
     assert {k["type"] for k in privs} >= {"EC", "RSA"}
     assert all(k.get("spki_sha256") for k in privs), privs
