@@ -30,6 +30,7 @@ def run_probe(card: Any, tmp_path: Path, pin_file: Path) -> ProbeRun:
         base.pop("SC4DNSSEC_BACKEND", None)
         base.pop("SC4DNSSEC_AUDIT_LOG", None)
         kw.setdefault("pin_source", str(pin_file))
+        kw.setdefault("token", card.token_label)  # other tests may have started more cards
         return probe.run(probe.Options(config=str(conf), env=base, **kw))
 
     return run

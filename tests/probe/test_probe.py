@@ -36,8 +36,10 @@ def _sequence_statuses(report: dict[str, Any]) -> dict[str, str]:
 
 
 def test_shipped_requirements_table_is_derived_from_the_sequences() -> None:
-    derived = json.loads(requirements._encode(requirements.derive_all()))
-    assert json.loads(requirements.TABLE.read_text()) == derived, "run python -m shim.probe.requirements"
+    from shim.probe.requirements_table import DOC
+
+    derived = requirements.table_doc(requirements.derive_all())
+    assert DOC == derived, "stale: run python -m shim.probe.regenerate"
     names = {s["name"] for s in derived["sequences"]}
     assert {c for c, _ in requirements.CONSUMERS.items()} == {s["consumer"] for s in derived["sequences"]}
     assert "powerdns-sign" in names and "opendnssec-keygen" in names
@@ -138,7 +140,7 @@ def test_cli_exits_non_zero_for_a_named_consumer_that_would_fail(card: Any, tmp_
     good = write_config(tmp_path / "good.toml", card, tmp_path / "audit.jsonl")
     bad = write_config(tmp_path / "bad.toml", card, tmp_path / "audit.jsonl",
                        policy={"allow_functions": DIGESTS_DENIED})
-    base = ["probe", "--pin-source", str(pin_file), "--json"]
+    base = ["probe", "--pin-source", str(pin_file), "--token", card.token_label, "--json"]
     r = _cli([*base, "--config", str(good), "--for", "bind920", "--for", "powerdns"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
@@ -147,7 +149,7 @@ def test_cli_exits_non_zero_for_a_named_consumer_that_would_fail(card: Any, tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     r = _cli([*base, "--config", str(bad), "--for", "knot", "--for", "powerdns"], env)
     assert r.returncode == probe.EXIT_FAILS, r.stdout + r.stderr
-    r = _cli(["probe", "--config", str(good), "--for", "bind920"], env)  # no PIN: cannot verify signing
+    r = _cli(["probe", "--config", str(good), "--token", card.token_label, "--for", "bind920"], env)  # no PIN: cannot verify signing
     assert r.returncode == probe.EXIT_UNVERIFIED, r.stdout + r.stderr
     assert "not verified" in r.stdout
     r = _cli(["probe", "--for", "nosuch"], env)
@@ -160,7 +162,7 @@ def test_text_report_names_slots_keys_mechanisms_and_consumers(card: Any, tmp_pa
     env = dict(os.environ, **card.env)
     env.pop("SC4DNSSEC_BACKEND", None)
     conf = write_config(tmp_path / "good.toml", card, tmp_path / "audit.jsonl")
-    r = _cli(["probe", "--config", str(conf), "--pin-source", str(pin_file)], env)
+    r = _cli(["probe", "--config", str(conf), "--pin-source", str(pin_file), "--token", card.token_label], env)
     assert r.returncode == 0, r.stderr
     for section in ("slots", "keys", "mechanisms signers use", "consumers", "BIND 9.20 + pkcs11-provider",
                     "OpenDNSSEC", "Knot DNS", "PowerDNS", "BIND 9.16 native"):
