@@ -149,7 +149,8 @@ def test_cli_exits_non_zero_for_a_named_consumer_that_would_fail(card: Any, tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     r = _cli([*base, "--config", str(bad), "--for", "knot", "--for", "powerdns"], env)
     assert r.returncode == probe.EXIT_FAILS, r.stdout + r.stderr
-    r = _cli(["probe", "--config", str(good), "--token", card.token_label, "--for", "bind920"], env)  # no PIN: cannot verify signing
+    # no PIN: signing cannot be verified
+    r = _cli(["probe", "--config", str(good), "--token", card.token_label, "--for", "bind920"], env)
     assert r.returncode == probe.EXIT_UNVERIFIED, r.stdout + r.stderr
     assert "not verified" in r.stdout
     r = _cli(["probe", "--for", "nosuch"], env)
