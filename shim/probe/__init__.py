@@ -95,7 +95,8 @@ def _public_key(obj: dict[str, Any], certs: dict[str, dict[str, Any]]) -> dict[s
         try:
             c = x509.load_der_x509_certificate(bytes.fromhex(cert["VALUE"]))
             out["certificate"] = c.subject.rfc4514_string()
-            out["not_after"] = c.not_valid_after_utc.isoformat()
+            after = getattr(c, "not_valid_after_utc", None) or c.not_valid_after  # cryptography < 42
+            out["not_after"] = after.isoformat()
             spki = c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
             out["spki_sha256"] = hashlib.sha256(spki).hexdigest()
         except ValueError:
