@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shim.audit import signing
+from shim.audit import files, signing
 from shim.audit.verify import verify
 from shim.audit.writer import AuditWriter
 
@@ -73,7 +73,7 @@ def checkpoint(log_path: str, private: Ed25519PrivateKey, *, detached: str | Non
     seq, line_hash = written
     entry = {"seq": seq, "line_sha256": line_hash, **signed, "log": os.path.abspath(log_path)}
     path = detached or signing.checkpoints_path(log_path)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd, _ = files.open_append(path, 0o644)  # no symlink, regular file only
     try:
         os.write(fd, json.dumps(entry, separators=(",", ":")).encode("ascii") + b"\n")
         os.fsync(fd)

@@ -1,10 +1,13 @@
-"""``sc4dnssec audit ...``: verify, show, checkpoint, keygen.
+"""``sc4dnssec audit ...``: verify, show, checkpoint, keygen, export.
 
 ``shim.cli`` calls ``register(sub)`` and then ``args.func(args)``, which returns
 the exit code.  Standalone: ``python -m shim.audit.cli verify FILE``.
 
 verify exit codes: 0 intact; 1 tampered (prints ``first bad record: seq N:
-reason``); 3 intact except a torn last line; 2 usage or unreadable file.
+reason``); 2 usage or unreadable file; 3 intact except a torn last line; 4
+intact but ``--require-checkpoint`` and no signed checkpoint proved it; 5 a
+format version this verifier does not know.  Every run also prints what it
+could not prove (``not proven: ...``).
 """
 
 from __future__ import annotations
@@ -13,25 +16,66 @@ import argparse
 import sys
 from typing import Any
 
-EXIT_OK, EXIT_TAMPERED, EXIT_USAGE, EXIT_TORN = 0, 1, 2, 3
+EXIT_OK, EXIT_TAMPERED, EXIT_USAGE, EXIT_TORN, EXIT_UNPROVEN, EXIT_UNSUPPORTED = 0, 1, 2, 3, 4, 5
 
 
 def _verify(args: argparse.Namespace) -> int:
     from shim.audit import signing
-    from shim.audit.verify import verify
+    from shim.audit.verify import verify_files
 
+    if args.manifest:
+        if args.file or args.checkpoints:
+            print("audit verify: --manifest checks the archive's own files; give no FILE or --checkpoints",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return _verify_manifest(args)
+    if not args.file:
+        print("audit verify: give FILE (oldest first if several rotated files) or --manifest", file=sys.stderr)
+        return EXIT_USAGE
     try:
         key = signing.load_public(args.key) if args.key else None
-        r = verify(args.file, key=key, checkpoints=args.checkpoints)
+        results = verify_files(args.file, key=key, checkpoints=args.checkpoints,
+                               require_checkpoint=args.require_checkpoint)
     except (OSError, ValueError) as e:
         print(f"audit verify: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if not r.ok:
+    codes = []
+    for path, r in zip(args.file, results, strict=True):
+        if len(args.file) > 1:
+            print(f"== {path}")
+        codes.append(_print_result(r, key is not None, args.verbose))
+    bad = [c for c in codes if c not in (EXIT_OK, EXIT_TORN)]
+    return max(bad) if bad else max(codes)
+
+
+def _verify_manifest(args: argparse.Namespace) -> int:
+    from shim.audit import signing
+    from shim.audit.archive import verify_manifest
+
+    try:
+        key = signing.load_public(args.key) if args.key else None
+        m = verify_manifest(args.manifest, key=key, require_checkpoint=args.require_checkpoint)
+    except (OSError, ValueError) as e:
+        print(f"audit verify: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for p in m.problems:
+        print(f"archive: {p}")
+    if m.result is not None:
+        _print_result(m.result, key is not None, args.verbose)
+    if not m.problems:
+        print("archive: every file matches the manifest")
+    return m.exit_code
+
+
+def _print_result(r: Any, keyed: bool, verbose: bool) -> int:
+    if r.unsupported is not None:
+        print(f"unsupported: seq {r.first_bad_seq}: {r.reason}")
+    elif not r.ok:
         print(f"first bad record: seq {r.first_bad_seq}: {r.reason}"
               + (f" (line {r.first_bad_line})" if r.first_bad_line else ""))
-    print(f"{r.records} records checked, seq {min(r.last_seq, 1)}..{r.last_seq}, "
+    print(f"{r.records} records checked, seq {r.first_seq if r.records else 0}..{r.last_seq}, "
           f"{len(r.epochs)} epoch(s), {r.checkpoints} checkpoint(s)"
-          + (f" ({r.checkpoints_verified} signature(s) verified)" if key is not None else "")
+          + (f" ({r.checkpoints_verified} signature(s) verified)" if keyed else "")
           + (f", {r.lost_records} record(s) lost in gaps" if r.lost_records else ""))
     for t in r.recovered:
         print(f"torn line (recovered by seq {t.recovery_seq}): offset {t.offset}, {t.length} bytes, "
@@ -39,13 +83,22 @@ def _verify(args: argparse.Namespace) -> int:
     if r.torn is not None:
         print(f"torn last line: offset {r.torn.offset}, {r.torn.length} bytes, sha256 {r.torn.sha256} "
               "(a writer was interrupted; the next write will close it with a recovery record)")
-    if args.verbose:
+    if r.version_starts:
+        print("format version(s): " + ", ".join(f"{v} from seq {s}" for s, v in r.version_starts))
+    if r.link is not None:
+        print(f"starts with a link to a rotated file's head: seq {r.first_seq - 1} ({r.link.get('old_head_sha256')})")
+    if verbose:
         for title, counter in (("kind", r.kinds), ("fn", r.fns), ("src", r.srcs), ("rv", r.rvs)):
             print(f"{title}: " + ", ".join(f"{k}={v}" for k, v in counter.most_common()))
         print("epochs: " + ", ".join(f"{k}={v}" for k, v in r.epochs.items()))
     for w in r.warnings:
         print(f"warning: {w}")
-    return r.exit_code
+    for u in r.unproven:
+        print(f"not proven: {u}")
+    if r.proof_required:
+        print("error: --require-checkpoint: no signed checkpoint (with --key and the checkpoint file) "
+              "proves this log")
+    return int(r.exit_code)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -78,6 +131,26 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace) -> int:
+    from shim.audit import signing
+    from shim.audit.archive import ExportRefused, export
+
+    try:
+        key = signing.load_public(args.key) if args.key else None
+        m = export(args.file, args.to, checkpoints=args.checkpoints, key=key)
+    except ExportRefused as e:
+        print(f"audit export: refused: {e}", file=sys.stderr)
+        return EXIT_TAMPERED
+    except (OSError, ValueError) as e:
+        print(f"audit export: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    log = m["log"]
+    print(f"exported {log['records']} records (seq {log['first_seq']}..{log['last_seq']}, head {log['head_sha256']}, "
+          f"format {', '.join(map(str, log['format_versions']))}) and {len(m['checkpoints'])} checkpoint(s) "
+          f"to {args.to}; check it with: sc4dnssec audit verify --manifest {args.to}/manifest.json")
+    return EXIT_OK
+
+
 def _keygen(args: argparse.Namespace) -> int:
     from shim.audit import signing
 
@@ -91,12 +164,15 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
-    """Add verify/show/checkpoint/keygen under ``parser``."""
+    """Add verify/show/checkpoint/export/keygen under ``parser``."""
     sub = parser.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    p = sub.add_parser("verify", help="check the hash chain, epochs and checkpoints (exit 0/1/3)")
-    p.add_argument("file")
+    p = sub.add_parser("verify", help="check encoding, hash chain, epochs, versions, checkpoints (exit 0-5)")
+    p.add_argument("file", nargs="*", help="the log; several rotated files oldest first")
     p.add_argument("--key", help="operator Ed25519 public key (PEM): check checkpoint signatures")
     p.add_argument("--checkpoints", help="detached checkpoint file (default FILE.checkpoints)")
+    p.add_argument("--require-checkpoint", action="store_true",
+                   help="fail (exit 4) unless a signed checkpoint, checked with --key, proves the log")
+    p.add_argument("--manifest", help="check an 'audit export' archive: its manifest.json or directory")
     p.add_argument("-v", "--verbose", action="store_true", help="counts by kind, function, src, rv, epoch")
     p.set_defaults(func=_verify)
     p = sub.add_parser("show", help="readable table of records")
@@ -112,6 +188,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, help="operator Ed25519 private key (PEM)")
     p.add_argument("--checkpoints", help="detached checkpoint file (default FILE.checkpoints)")
     p.set_defaults(func=_checkpoint)
+    p = sub.add_parser("export", help="copy the log, its checkpoints and a manifest into DIR for the archive")
+    p.add_argument("file")
+    p.add_argument("--to", required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument("--checkpoints", help="detached checkpoint file (default FILE.checkpoints)")
+    p.add_argument("--key", help="operator public key: check the signatures before exporting")
+    p.set_defaults(func=_export)
     p = sub.add_parser("keygen", help="make an operator Ed25519 key pair (PEM) in DIR")
     p.add_argument("dir")
     p.set_defaults(func=_keygen)
@@ -119,7 +201,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the ``audit`` command to the project CLI's subparsers."""
-    p = subparsers.add_parser("audit", help="verify, show and checkpoint the audit log")
+    p = subparsers.add_parser("audit", help="verify, show, checkpoint and export the audit log")
     add_commands(p)
 
 

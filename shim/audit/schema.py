@@ -19,13 +19,32 @@ import re
 import time
 from typing import Any, Final
 
-#: Field order of every record (``error`` is present only when set).
-FIELDS: Final = ("seq", "ts", "epoch", "pid", "uid", "prog", "thread", "kind", "fn",
+#: Field order of every record.  ``format`` (version 2 on) is present only on the
+#: first record of each epoch in a file; ``error`` only when set.
+FIELDS: Final = ("format", "seq", "ts", "epoch", "pid", "uid", "prog", "thread", "kind", "fn",
                  "args", "rv", "dur_us", "src", "error", "prev")
-OPTIONAL_FIELDS: Final = frozenset({"error"})
+OPTIONAL_FIELDS: Final = frozenset({"format", "error"})
 
-KINDS: Final = frozenset({"call", "load", "config", "backend", "gap", "checkpoint", "recovery"})
+#: The format version this writer writes (see docs/audit-format.md).  A new field or
+#: record kind is a new version; a version is never removed from the tables below,
+#: so a verifier of any later release still checks every log ever written.
+FORMAT_VERSION: Final = 2
+
+#: Record kinds of each format version.  Version 1 is the unversioned format of
+#: release 0.1: its epochs carry no ``format`` field.
+KINDS_BY_VERSION: Final[dict[int, frozenset[str]]] = {
+    1: frozenset({"call", "load", "config", "backend", "gap", "checkpoint", "recovery"}),
+    2: frozenset({"call", "load", "config", "backend", "gap", "checkpoint", "recovery", "link"}),
+}
+SUPPORTED_VERSIONS: Final = tuple(sorted(KINDS_BY_VERSION))
+KINDS: Final = KINDS_BY_VERSION[FORMAT_VERSION]
+ALL_KINDS: Final = frozenset().union(*KINDS_BY_VERSION.values())
 SRCS: Final = frozenset({"card", "soft"})
+
+#: From version 2 a writer never writes a line longer than this (newline included):
+#: oversized ``args`` are replaced by their length and SHA-256.  It is what lets a
+#: writer find the chain head by reading a bounded tail.
+MAX_LINE: Final = 65536
 
 FIRST_SEQ: Final = 1
 GENESIS: Final = "0" * 64
@@ -83,6 +102,21 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return ENCODER.encode(ordered).encode("ascii") + b"\n"
 
 
+def canonical_error(body: bytes, rec: dict[str, Any]) -> str | None:
+    """Why ``body`` (a line without newline) is not the writer's exact encoding of ``rec``.
+
+    Every version's writer produced exactly ``ENCODER.encode(record)``: a line
+    in any other form (duplicate keys, other spacing or escapes, CRLF) was
+    written by something else, so it counts as tampered.
+    """
+    canon = ENCODER.encode(rec).encode("ascii")
+    if canon == body:
+        return None
+    at = next(  # first differing byte
+        (i for i, (a, b) in enumerate(zip(canon, body, strict=False)) if a != b), min(len(canon), len(body)))
+    return f"not in the writer's canonical encoding (differs from it at byte {at})"
+
+
 def parse_line(line: bytes) -> dict[str, Any] | None:
     """The record on ``line`` (newline optional), or None if it is not a JSON object."""
     try:
@@ -102,6 +136,8 @@ def schema_error(rec: dict[str, Any]) -> str | None:
     expected = [k for k in FIELDS if k in rec or k not in OPTIONAL_FIELDS]
     if keys != expected:
         return f"fields {keys} differ from schema {expected}"
+    if "format" in rec and not _is_int(rec["format"]):
+        return "format is not an integer"
     if not _is_int(rec["seq"]) or rec["seq"] < FIRST_SEQ:
         return "seq is not a positive integer"
     if not isinstance(rec["ts"], str) or not TS_RE.match(rec["ts"]):
@@ -113,7 +149,7 @@ def schema_error(rec: dict[str, Any]) -> str | None:
             return f"{k} is not an integer"
     if not isinstance(rec["prog"], str):
         return "prog is not a string"
-    if rec["kind"] not in KINDS:
+    if rec["kind"] not in ALL_KINDS:
         return f"unknown kind {rec['kind']!r}"
     if rec["kind"] == "call" and not isinstance(rec["fn"], str):
         return "call record without fn"

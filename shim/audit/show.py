@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from shim.audit import schema
+from shim.audit import files, schema
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Filter:
 def records(path: str) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
     """(byte offset, line without newline, record or None for a torn/invalid line)."""
     off = 0
-    with open(path, "rb") as f:
+    with os.fdopen(files.open_read(path), "rb") as f:
         for raw in f:
             line = raw[:-1] if raw.endswith(b"\n") else raw
             rec = schema.parse_line(line)
@@ -40,11 +42,25 @@ def records(path: str) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
             off += len(raw)
 
 
+def safe(text: str) -> str:
+    """``text`` with every control, format or separator character escaped (``\\x1b``, ``\\u202e``).
+
+    Fields such as ``prog`` come from other processes: printed raw, a process
+    name could drive the operator's terminal or reorder what it shows.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() and unicodedata.category(c)[0] not in "CZ" or c == " "
+                   else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000
+                         else f"\\U{ord(c):08x}") for c in text)
+
+
 def short_args(args: dict[str, Any] | None, width: int = 60) -> str:
     if not args:
         return ""
     text = " ".join(f"{k}={v if isinstance(v, str | int | float) else json.dumps(v)}"
                     for k, v in args.items())
+    text = safe(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -64,10 +80,10 @@ def show(path: str, flt: Filter, out: TextIO, *, as_json: bool = False) -> int:
             continue
         n += 1
         if as_json:
-            out.write(line.decode("ascii", "replace") + "\n")
+            out.write(safe(line.decode("ascii", "replace")) + "\n")
             continue
-        what = rec["fn"] or f"[{rec['kind']}]"
+        what = safe(rec["fn"] or f"[{rec['kind']}]")
         dur = "" if rec["dur_us"] is None else f"{rec['dur_us']}µs"
-        out.write(f"{rec['seq']:>7} {rec['ts']:26} {rec['pid']:>7} {rec['prog'][:12]:12} {what[:24]:24} "
-                  f"{(rec['rv'] or '')[:24]:24} {dur:>8} {rec['src'] or '':4} {short_args(rec['args'])}\n")
+        out.write(f"{rec['seq']:>7} {rec['ts']:26} {rec['pid']:>7} {safe(rec['prog'])[:12]:12} {what[:24]:24} "
+                  f"{safe(rec['rv'] or '')[:24]:24} {dur:>8} {rec['src'] or '':4} {short_args(rec['args'])}\n")
     return n

@@ -1,5 +1,7 @@
-"""Verify an audit log: schema, global seq, hash chain, epoch binding, checkpoints.
+"""Verify an audit log: schema, encoding, global seq, hash chain, epochs, versions, checkpoints.
 
+The format is specified in docs/audit-format.md; this module implements it
+for every format version ever released (``schema.KINDS_BY_VERSION``).
 Rules, checked in one streaming pass (the first violation stops the pass):
 
 1. Every complete line is a record (``schema.schema_error``), except a *torn
@@ -7,15 +9,24 @@ Rules, checked in one streaming pass (the first violation stops the pass):
    ``kind="recovery"`` record whose args name the region (byte offset, length,
    SHA-256) and the hash of the record before it, and whose ``prev`` is the
    region's hash.  Such regions are accepted and reported in ``recovered``.
-2. ``seq`` starts at 1 and increases by exactly 1 per record across the file.
-3. ``prev`` is the SHA-256 of the previous line's bytes (``GENESIS`` first).
+   Every record is exactly the writer's canonical encoding of itself.
+2. ``seq`` starts at 1 and increases by exactly 1 per record across the file;
+   a file that replaces a rotated one starts with a ``link`` record instead,
+   at the seq after the old file's head.
+3. ``prev`` is the SHA-256 of the previous line's bytes (``GENESIS`` first,
+   the old file's head for a ``link``).
 4. Epoch binding: an epoch is one writer in one process, so all records of an
    epoch share pid, uid and prog; and once a pid has moved on to a new epoch
    (fork, reopen), its earlier epoch never reappears.  A record moved into
    another process's epoch is named even when the chain was recomputed.
    Consequences for deployment: one AuditWriter per file per process, and one
    file is not shared by processes of different PID namespaces.
-5. ``checkpoint`` records name the head they follow (``head_seq`` = seq-1,
+5. Versions: an epoch's first record in the file says its format version in
+   a leading ``format`` field (none: version 1); no other record has one.
+   Each record must be a kind of its epoch's version.  Epochs of
+   different versions may interleave (an upgrade while older processes
+   still append); ``versions`` reports where each version starts.
+6. ``checkpoint`` records name the head they follow (``head_seq`` = seq-1,
    ``head_sha256`` = prev); with a key, every signature must verify.  Entries
    of the detached checkpoint file must still match the log (same hash at
    ``head_seq``, same checkpoint line at ``seq``), which detects truncation
@@ -28,7 +39,9 @@ What a plain hash chain cannot prove: anyone able to write the file can
 rewrite *every* record from some point on with a recomputed chain, or cut
 the end of the file (or edit its last record).  Only signed checkpoints,
 verified against an off-host copy of the checkpoint file and a key held off
-the host, catch that, and only for records up to the last checkpoint.
+the host, catch that, and only for records up to the last checkpoint.  The
+result says so in ``unproven``, and ``require_checkpoint`` turns it into a
+failure.
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shim.audit import schema, signing
+from shim.audit import files, schema, signing
 
 _DIAG_LOOKAHEAD = 100_000  # lines scanned, after a failure only, to tell reordering from deletion
 
@@ -77,17 +90,38 @@ class VerifyResult:
     checkpoints_verified: int = 0  # signatures checked against the given key
     last_checkpoint_seq: int | None = None
     warnings: list[str] = field(default_factory=list)
+    first_seq: int = schema.FIRST_SEQ
+    link: dict[str, Any] | None = None  # args of the link record the file starts with
+    versions: dict[int, int] = field(default_factory=dict)  # format version -> epochs
+    version_starts: list[tuple[int, int]] = field(default_factory=list)  # (seq, version) where it changes
+    unsupported: int | None = None  # a format version this verifier does not know
+    unproven: list[str] = field(default_factory=list)  # what this verification could not prove
+    proof_required: bool = False  # require_checkpoint was given and no checkpoint proved the log
 
     @property
     def exit_code(self) -> int:
-        """0 intact, 1 tampered, 3 only a torn last line."""
-        return 1 if not self.ok else 3 if self.torn is not None else 0
+        """0 intact, 1 tampered, 3 only a torn last line, 4 proof required but missing,
+        5 a format version this verifier does not know."""
+        if self.unsupported is not None:
+            return 5
+        if not self.ok:
+            return 1
+        if self.proof_required:
+            return 4
+        return 3 if self.torn is not None else 0
 
 
 class _Fail(Exception):
     def __init__(self, seq: int, line: int, reason: str) -> None:
         super().__init__(reason)
         self.seq, self.line, self.reason = seq, line, reason
+
+
+class _Unsupported(_Fail):
+    def __init__(self, seq: int, line: int, version: object) -> None:
+        super().__init__(seq, line, f"format version {version!r} is not known to this verifier (it knows "
+                         f"{', '.join(map(str, schema.SUPPORTED_VERSIONS))}): use a newer sc4dnssec")
+        self.version = version
 
 
 class _Lines:
@@ -138,6 +172,9 @@ class _Verifier:
         self.detached = detached
         self.watch = {e["head_seq"] for e in detached} | {e["seq"] for e in detached}
         self.seen: dict[int, tuple[str, dict[str, Any]]] = {}  # watched seq -> (line hash, record)
+        self.epoch_version: dict[str, int] = {}
+        self.last_version: int | None = None
+        self.before_file = 0  # detached entries that cover an earlier, rotated file
 
     def run(self, lines: _Lines) -> VerifyResult:
         region: list[tuple[int, int, bytes]] = []  # pending non-record lines
@@ -189,6 +226,11 @@ class _Verifier:
 
     def _record(self, rec: dict[str, Any], body: bytes, lineno: int, lines: _Lines) -> None:
         seq, epoch = rec["seq"], rec["epoch"]
+        bad_encoding = schema.canonical_error(body, rec)
+        if bad_encoding is not None:
+            raise _Fail(seq, lineno, f"seq {seq} is {bad_encoding}")
+        if self.r.records == 0 and rec["kind"] == "link" and not self.r.recovered:
+            self._link_start(rec, lineno)
         if seq != self.expected:
             self._seq_mismatch(rec, body, lineno, lines)
         if rec["prev"] != self.prev:
@@ -210,6 +252,7 @@ class _Verifier:
             self.pid_epoch[rec["pid"]] = epoch
             self.epoch_first[epoch] = (seq, lineno)
         kind = rec["kind"]
+        self._version(rec, lineno)
         if kind == "checkpoint":
             self._checkpoint(rec, lineno)
         elif kind == "gap":
@@ -231,6 +274,40 @@ class _Verifier:
         if rec["rv"] is not None:
             r.rvs[rec["rv"]] += 1
         self.expected, self.prev = seq + 1, h
+
+    def _link_start(self, rec: dict[str, Any], lineno: int) -> None:
+        """A file that replaces a rotated one: its chain continues from the head its link names."""
+        args = rec["args"] or {}
+        hs, hh = args.get("old_head_seq"), args.get("old_head_sha256")
+        if not (isinstance(hs, int) and not isinstance(hs, bool) and hs >= schema.FIRST_SEQ
+                and isinstance(hh, str) and schema.HEX64_RE.match(hh)):
+            raise _Fail(rec["seq"], lineno, "link record does not name the old file's head")
+        if rec["seq"] != hs + 1 or rec["prev"] != hh:
+            raise _Fail(rec["seq"], lineno, "link record does not chain to the head it names")
+        self.expected, self.prev = hs + 1, hh
+        self.r.first_seq, self.r.link = hs + 1, dict(args)
+
+    def _version(self, rec: dict[str, Any], lineno: int) -> None:
+        """The epoch's first record in the file says its format version; check the record against it."""
+        seq, epoch, kind = rec["seq"], rec["epoch"], rec["kind"]
+        version = self.epoch_version.get(epoch)
+        if version is None:
+            version = rec.get("format", 1)
+            if version not in schema.KINDS_BY_VERSION or version == 1 and "format" in rec:
+                raise _Unsupported(seq, lineno, version)
+            self.epoch_version[epoch] = version
+            self.r.versions[version] = self.r.versions.get(version, 0) + 1
+            if version != self.last_version:
+                self.r.version_starts.append((seq, version))
+                self.last_version = version
+        elif "format" in rec:
+            raise _Fail(seq, lineno, f"seq {seq} declares a format but is not the first record of its epoch "
+                        f"{epoch}")
+        if kind not in schema.KINDS_BY_VERSION[version]:
+            raise _Fail(seq, lineno, f"kind {kind!r} does not exist in format version {version} "
+                        f"(the version of epoch {epoch})")
+        if kind == "link" and self.r.records:
+            raise _Fail(seq, lineno, "link record in the middle of a file (a link only starts a file)")
 
     def _seq_mismatch(self, rec: dict[str, Any], body: bytes, lineno: int, lines: _Lines) -> None:
         seq, want = rec["seq"], self.expected
@@ -307,6 +384,9 @@ class _Verifier:
     def check_detached(self) -> None:
         """Each detached entry must still be in the log, unchanged (catches truncation/rewrite)."""
         for e in self.detached:
+            if e["seq"] < self.r.first_seq:
+                self.before_file += 1  # covers a file this one replaced (rotation)
+                continue
             if self.key is not None:
                 err = signing.signature_error(self.key, e)
                 if err is not None:
@@ -325,30 +405,98 @@ class _Verifier:
                 raise _Fail(e["seq"], 0, "detached checkpoint does not match the checkpoint record")
 
 
-def verify(path: str, *, key: Ed25519PublicKey | None = None,
-           checkpoints: str | None = None) -> VerifyResult:
+def verify(path: str, *, key: Ed25519PublicKey | None = None, checkpoints: str | None = None,
+           require_checkpoint: bool = False) -> VerifyResult:
     """Check the log at ``path``; see the module docstring for the rules.
 
     ``checkpoints`` is the detached checkpoint file (default ``path +
     ".checkpoints"`` if it exists; pass the off-host copy when you have one).
-    Raises OSError if a file cannot be read, ValueError if the checkpoint file
-    is malformed.
+    ``require_checkpoint``: the result fails (exit 4) unless a signed
+    checkpoint from that file, checked with ``key``, proves the log.
+    Raises OSError if a file cannot be read or is not a regular file,
+    ValueError if the checkpoint file is malformed.
     """
     cp_path = checkpoints or signing.checkpoints_path(path)
     detached = signing.read_checkpoints(cp_path) if checkpoints or os.path.exists(cp_path) else []
     v = _Verifier(key, detached)
-    with open(path, "rb") as f:
+    with os.fdopen(files.open_read(path), "rb") as f:
         try:
             v.run(_Lines(f))
             v.check_detached()
         except _Fail as fail:
             v.r.ok = False
             v.r.first_bad_seq, v.r.first_bad_line, v.r.reason = fail.seq, fail.line or None, fail.reason
+            if isinstance(fail, _Unsupported):
+                v.r.unsupported = -1 if not isinstance(fail.version, int) else fail.version
     r = v.r
     if key is None and r.checkpoints:
         r.warnings.append(f"{r.checkpoints} checkpoint signature(s) not checked: no key given")
-    if key is not None and not r.checkpoints and not detached:
-        r.warnings.append("no checkpoints: only the hash chain protects this log")
-    if r.ok and r.last_checkpoint_seq is not None and r.last_seq > r.last_checkpoint_seq:
-        r.warnings.append(f"records after seq {r.last_checkpoint_seq} are protected by the hash chain only")
+    if v.before_file:
+        r.warnings.append(f"{v.before_file} detached checkpoint(s) cover seq before {r.first_seq}, "
+                          "in the file this one replaced: verify that file too")
+    if r.ok:
+        proven = key is not None and len(detached) > v.before_file
+        _unproven(r, proven)
+        r.proof_required = require_checkpoint and not proven
     return r
+
+
+def _unproven(r: VerifyResult, proven_by_checkpoint: bool) -> None:
+    """Say plainly what a hash chain alone cannot show about this file."""
+    if not proven_by_checkpoint:
+        r.unproven.append(
+            "no signed checkpoint was checked (give --key and an off-host copy of the checkpoint file): "
+            "records cut from the end at a line boundary, an edited last record, or a chain recomputed "
+            "from the first record would all look intact")
+    elif r.last_checkpoint_seq is not None and r.last_seq > r.last_checkpoint_seq:
+        r.unproven.append(
+            f"records after seq {r.last_checkpoint_seq} (the last checkpoint) are protected by the hash chain only: "
+            "a cut after it at a line boundary, or a rewrite after it, would look intact")
+    if r.link is not None:
+        r.unproven.append(
+            f"this file continues the chain of a rotated file at seq {r.first_seq - 1} "
+            f"(head {r.link.get('old_head_sha256')}); that file was not checked here")
+
+
+def verify_files(paths: list[str], *, key: Ed25519PublicKey | None = None,
+                 checkpoints: str | None = None, require_checkpoint: bool = False) -> list[VerifyResult]:
+    """Verify rotated files in order (oldest first): each on its own, then the links between them.
+
+    A later file must start with a ``link`` naming a record of the file before
+    it (by seq and line hash).  Records of the old file after that record
+    were appended by writers that had not yet noticed the rotation; they are
+    reported, not failed.  A broken link fails the later file's result.
+    """
+    results = [verify(p, key=key, checkpoints=checkpoints, require_checkpoint=require_checkpoint)
+               for p in paths]
+    for i in range(1, len(paths)):
+        r = results[i]
+        if not r.ok:
+            continue
+        if r.link is None:
+            r.ok, r.first_bad_seq, r.first_bad_line = False, schema.FIRST_SEQ, 1
+            r.reason = f"{paths[i]} does not start with a link to {paths[i - 1]}"
+            continue
+        hs, hh = r.link["old_head_seq"], r.link["old_head_sha256"]
+        got = _line_hash_at(paths[i - 1], hs)
+        if got != hh:
+            r.ok, r.first_bad_seq, r.first_bad_line = False, r.first_seq, 1
+            r.reason = (f"link names seq {hs} of {paths[i - 1]} with hash {hh}, but that file "
+                        + ("has no such record" if got is None else f"has {got} there")
+                        + ": the files do not belong together or one was rewritten")
+            continue
+        r.unproven = [u for u in r.unproven if not u.startswith("this file continues")]
+        late = results[i - 1].last_seq - hs
+        if late > 0:
+            r.warnings.append(f"{late} record(s) after seq {hs} of {paths[i - 1]} were appended by writers "
+                              "that had not yet noticed the rotation")
+    return results
+
+
+def _line_hash_at(path: str, seq: int) -> str | None:
+    with os.fdopen(files.open_read(path), "rb") as f:
+        for raw in f:
+            rec = schema.parse_line(raw[:-1] if raw.endswith(b"\n") else raw)
+            if rec is not None and rec.get("seq") == seq:
+                return schema.line_hash(raw)
+    return None

@@ -14,6 +14,16 @@ A torn last line (writer SIGKILLed mid-write, short write on a full disk that
 could not be truncated back) is closed by the next writer with ``\\n`` and a
 ``kind="recovery"`` record chained to the torn bytes (see ``verify``).
 
+Format (docs/audit-format.md): the first record of every epoch in a file
+carries ``"format": FORMAT_VERSION`` as its first field (in the shim that is
+the ``load`` record; after ``fork()`` the child's first record).  A file that
+replaces a rotated one (logrotate's rename-and-create, or an unlink) opens
+with a ``link`` record naming the old file's head; the writer compares the path's inode with
+its descriptor's at most once per ``ROTATION_CHECK_S``.  No line is longer
+than ``schema.MAX_LINE``, so the chain head is always in a bounded tail.
+
+Files are opened through ``shim.audit.files``: no symlinks, regular files only.
+
 Failure policy (``on_failure``): ``fail-closed`` raises ``AuditUnavailable``;
 ``fail-open`` counts the lost records and writes one ``kind="gap"`` record
 with the count as soon as writing works again.  Either way the first failure
@@ -31,16 +41,19 @@ one small pread and json.loads of the last line.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
-from shim.audit import schema
+from shim.audit import files, schema
 from shim.audit.redact import redact
 from shim.audit.rfc5424 import SEV_ERR, SyslogSender
 from shim.constants import CKR, name_of
@@ -49,6 +62,13 @@ FSYNC_POLICIES: Final = ("none", "always")
 FAILURE_POLICIES: Final = ("fail-closed", "fail-open")
 
 _TAIL_CHUNK: Final = 4096  # most records are far shorter; grown on demand
+#: How far back the writer looks for the chain head: a record is at most MAX_LINE,
+#: so the last record line plus a torn fragment fit in a few of them.
+TAIL_SCAN_LIMIT: Final = 4 * schema.MAX_LINE
+#: Longest args encoding kept as is; longer ones are replaced by their length and SHA-256.
+MAX_ARGS: Final = schema.MAX_LINE - 4096
+ROTATION_CHECK_S: Final = 1.0
+_FORMAT_FIELD: Final = f'"format":{schema.FORMAT_VERSION},'
 
 
 class AuditUnavailable(Exception):
@@ -92,7 +112,9 @@ def _is_record_line(line: bytes) -> bool:
 def read_tail(fd: int, size: int) -> _Tail:
     """Find the last complete record line before ``size``; bytes after it are a torn region.
 
-    Reads backwards in growing chunks, so a long log costs one small pread.
+    Reads backwards in growing chunks, so a long log costs one small pread,
+    and never more than TAIL_SCAN_LIMIT bytes: if no record line ends within
+    them, raises OSError rather than reading a huge last line into memory.
     """
     if size == 0:
         return _Tail(schema.FIRST_SEQ - 1, schema.GENESIS, None, False)
@@ -113,7 +135,10 @@ def read_tail(fd: int, size: int) -> _Tail:
             le = ls - 1
         if found is not None or start == 0:
             break
-        chunk *= 16
+        if chunk >= TAIL_SCAN_LIMIT:
+            raise OSError(errno.EBADMSG, f"no audit record in the last {TAIL_SCAN_LIMIT} bytes of the log: "
+                          "cannot find the chain head (move the file aside; verify it with 'audit verify')")
+        chunk = min(chunk * 16, TAIL_SCAN_LIMIT)
     if found is None:
         seq, head, region_start = schema.FIRST_SEQ - 1, schema.GENESIS, 0
     else:
@@ -167,7 +192,7 @@ class AuditWriter:
         self._lost_error = ""
         self._reported = False
         # Inside the shim: the locked section (flock, size check, write, unlock) as one C call
-        # without the GIL (shim/_build.py sc4_audit_append); None = the Python path only.
+        # without the GIL (sc4_audit_append in the core); None = the Python path only.
         self._locked_append = locked_append
         self._init_process()
         _WRITERS.add(self)
@@ -176,6 +201,9 @@ class AuditWriter:
         """Per-process state: a fresh epoch, lock and descriptor (at start and after fork)."""
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._ident: tuple[int, int] = (-1, -1)  # (st_dev, st_ino) of _fd
+        self._next_check = 0.0  # monotonic time of the next rotation check
+        self._link: dict[str, Any] | None = None  # old file's head, after a rotation
         self._size = -1  # file size after our last write; -1 = unknown, re-read the tail
         self._seq = 0
         self._head = schema.GENESIS
@@ -183,13 +211,18 @@ class AuditWriter:
         self._tls = threading.local()  # per-thread native id: gettid once per thread, not per record
         self._fixed: dict[tuple[str | None, str | int | None, str | None], tuple[str, str, str]] = {}
         self.pid = os.getpid()
-        self.epoch = secrets.token_hex(8)
         self.prog = self._program or _program_name()
+        self._syslog = (SyslogSender(self._syslog_path, app=self.prog)
+                        if self._syslog_path is not None else None)
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        """A new epoch (per process, and per file after a rotation); its first line carries the format."""
+        self.epoch = secrets.token_hex(8)
+        self._opened = False  # no record of this epoch written to the current file yet
         # pid/uid/prog/epoch are constant per epoch: encode them once, not per record.
         self._prefix = schema.ENCODER.encode(
             {"epoch": self.epoch, "pid": self.pid, "uid": os.getuid(), "prog": self.prog})[1:-1]
-        self._syslog = (SyslogSender(self._syslog_path, app=self.prog)
-                        if self._syslog_path is not None else None)
 
     def after_fork(self) -> None:
         """In a forked child: a private descriptor and a new epoch (also done lazily
@@ -223,7 +256,8 @@ class AuditWriter:
 
         ``args`` is a summary built by the caller; secret-named keys are redacted
         anyway (``shim.audit.redact``).  ``rv`` may be a CK_RV number, printed by
-        its CKR name.  Raises ``AuditUnavailable`` on failure if fail-closed.
+        its CKR name.  A ``load`` record's args get ``format`` first.  Raises
+        ``AuditUnavailable`` on failure if fail-closed.
         """
         self._append(self._body(kind, fn, args, rv, dur_us, src, error))
 
@@ -274,6 +308,8 @@ class AuditWriter:
                 enc_args = "null" if args is None else schema.ENCODER.encode(redact(args))
             except (TypeError, ValueError) as e:
                 enc_args = schema.ENCODER.encode({"unserialisable": type(e).__name__})
+            if len(enc_args) > MAX_ARGS:
+                enc_args = schema.ENCODER.encode(_oversize(enc_args))
             return f'{self._prefix},"thread":{tid},{fixed[0]}{enc_args}{fixed[1]}{dur_us}{fixed[2]}'
         if kind not in schema.KINDS:
             raise ValueError(f"unknown audit record kind {kind!r}")
@@ -285,11 +321,14 @@ class AuditWriter:
                                 "args": None if args is None else redact(args), "rv": rv,
                                 "dur_us": dur_us, "src": src}
         if error is not None:
-            body["error"] = error
+            body["error"] = error if len(error) <= MAX_ARGS // 4 else error[: MAX_ARGS // 4] + "..."
         try:
             enc = schema.ENCODER.encode(body)
         except (TypeError, ValueError) as e:  # non-str keys, cycles: keep the record, lose the args
             body["args"] = {"unserialisable": type(e).__name__}
+            enc = schema.ENCODER.encode(body)
+        if len(enc) > MAX_ARGS:
+            body["args"] = _oversize(schema.ENCODER.encode(body["args"]))
             enc = schema.ENCODER.encode(body)
         return f"{self._prefix},{enc[1:-1]}"
 
@@ -303,9 +342,10 @@ class AuditWriter:
             self._fixed[(fn, rv, src)] = pieces
         return pieces
 
-    def _line(self, seq: int, prev: str, body: str) -> tuple[str, bytes]:
+    def _line(self, seq: int, prev: str, body: str, first: bool = False) -> tuple[str, bytes]:
         ts = self._ts.now()
-        return ts, f'{{"seq":{seq},"ts":"{ts}",{body},"prev":"{prev}"}}\n'.encode("ascii")
+        fmt = _FORMAT_FIELD if first else ""
+        return ts, f'{{{fmt}"seq":{seq},"ts":"{ts}",{body},"prev":"{prev}"}}\n'.encode("ascii")
 
     def _append(self, body: str | Callable[[int, str], str]) -> tuple[int, str] | None:
         if os.getpid() != self.pid:  # forked by C code (no Python at-fork hooks ran)
@@ -313,6 +353,11 @@ class AuditWriter:
         with self._lock:
             if self._closed:
                 raise ValueError("AuditWriter is closed")
+            if self._fd is not None:
+                now = time.monotonic()
+                if now >= self._next_check:
+                    self._next_check = now + ROTATION_CHECK_S
+                    self._check_rotation()
             if (self._locked_append is not None and self._size >= 0 and self._fd is not None
                     and not self.lost and isinstance(body, str)):
                 # Nobody else appended since our last record (checked under the file lock in C):
@@ -340,9 +385,49 @@ class AuditWriter:
             self._reported = False
             return result
 
+    def _check_rotation(self) -> None:
+        """If the path no longer names our file (rotated, removed), continue in the new one.
+
+        The old file's head is read under its lock, so the new file's ``link``
+        record names what the old file ended with; the writer starts a new
+        epoch, whose first record in the new file carries the format version.
+        """
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # cannot tell; keep appending where we are
+        old, ident = self._fd, self._ident
+        assert old is not None
+        link: dict[str, Any] | None = None
+        try:
+            fcntl.flock(old, fcntl.LOCK_EX)
+            try:
+                size = os.lseek(old, 0, os.SEEK_END)
+                tail = read_tail(old, size)
+                if tail.seq >= schema.FIRST_SEQ:
+                    link = {"old_head_seq": tail.seq, "old_head_sha256": tail.head, "old_size": size,
+                            "old_ino": ident[1]}
+            finally:
+                fcntl.flock(old, fcntl.LOCK_UN)
+        except OSError:
+            if self._seq >= schema.FIRST_SEQ:  # our own last record: still a record of the old file
+                link = {"old_head_seq": self._seq, "old_head_sha256": self._head, "old_size": self._size,
+                        "old_ino": ident[1]}
+        try:
+            os.close(old)
+        except OSError:
+            pass
+        self._fd, self._size, self._link = None, -1, link
+        self._new_epoch()
+
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        self._fd, self._size = fd, -1
+        fd, st = files.open_append(self.path)
+        self._fd, self._size, self._ident = fd, -1, (st.st_dev, st.st_ino)
+        self._next_check = time.monotonic() + ROTATION_CHECK_S
         return fd
 
     def _write_locked(self, body: str | Callable[[int, str], str]) -> tuple[int, str]:
@@ -353,7 +438,15 @@ class AuditWriter:
             seq, head = self._seq, self._head
             lines: list[bytes] = []
             shipped: list[tuple[str, str, bytes]] = []  # (ts, kind, line) for syslog
-            if size != self._size:  # another process appended (or first write / after an error)
+            first = not self._opened  # the epoch's first line carries the format version
+            if size == 0 and self._link is not None and first:
+                # The first record of a file that replaces a rotated one: continue its chain.
+                seq, head = self._link["old_head_seq"] + 1, self._link["old_head_sha256"]
+                ts, line = self._line(seq, head, self._body("link", None, self._link, None, None, None, None), True)
+                lines.append(line)
+                shipped.append((ts, "link", line))
+                head, first = schema.line_hash(line), False
+            elif size != self._size:  # another process appended (or first write / after an error)
                 tail = read_tail(fd, size)
                 seq, head = tail.seq, tail.head
                 if tail.recovery is not None:
@@ -361,19 +454,22 @@ class AuditWriter:
                         lines.append(b"\n")
                     seq += 1
                     ts, line = self._line(seq, tail.recovery["torn_sha256"],
-                                          self._body("recovery", None, tail.recovery, None, None, None, None))
+                                          self._body("recovery", None, tail.recovery, None, None, None, None),
+                                          first)
+                    first = False
                     lines.append(line)
                     shipped.append((ts, "recovery", line))
                     head = schema.line_hash(line)
             if self.lost:
                 seq += 1
                 gap = {"lost": self.lost, "first_lost_ts": self._lost_first_ts, "error": self._lost_error}
-                ts, line = self._line(seq, head, self._body("gap", None, gap, None, None, None, None))
+                ts, line = self._line(seq, head, self._body("gap", None, gap, None, None, None, None), first)
+                first = False
                 lines.append(line)
                 shipped.append((ts, "gap", line))
                 head = schema.line_hash(line)
             seq += 1
-            ts, line = self._line(seq, head, body if isinstance(body, str) else body(seq, head))
+            ts, line = self._line(seq, head, body if isinstance(body, str) else body(seq, head), first)
             lines.append(line)
             data = b"".join(lines) if len(lines) > 1 else line
             self._write_all(fd, data, size)
@@ -385,6 +481,7 @@ class AuditWriter:
                     raise
             self._size, self._seq, self._head = size + len(data), seq, schema.line_hash(line)
             self.lost, self._lost_first_ts = 0, None
+            self._opened, self._link = True, None
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         if self._syslog is not None:
@@ -431,3 +528,8 @@ class AuditWriter:
 def _kind_of(line: bytes) -> str:
     i = line.find(b'"kind":"')
     return line[i + 8: line.index(b'"', i + 8)].decode() if i >= 0 else "-"
+
+
+def _oversize(encoded: str) -> dict[str, Any]:
+    """What stands in for args too long for one line: their length and SHA-256."""
+    return {"oversize": {"len": len(encoded), "sha256": hashlib.sha256(encoded.encode("ascii")).hexdigest()}}

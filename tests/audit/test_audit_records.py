@@ -28,8 +28,9 @@ def test_records_follow_the_schema_exactly(log: Path) -> None:
     w.close()
     lines = read_lines(log)
     first, second = rec(lines[0]), rec(lines[1])
-    assert list(first) == [f for f in schema.FIELDS if f != "error"]
-    assert list(second) == list(schema.FIELDS)
+    assert list(first) == [f for f in schema.FIELDS if f != "error"]  # the epoch's first: format
+    assert first["format"] == schema.FORMAT_VERSION
+    assert list(second) == [f for f in schema.FIELDS if f != "format"]
     assert (first["seq"], first["prev"]) == (1, "0" * 64)
     assert second["seq"] == 2 and second["prev"] == schema.line_hash(lines[0])
     assert second["rv"] == "CKR_PIN_INCORRECT"  # a CK_RV number is printed by its shim.constants name
@@ -178,7 +179,7 @@ def test_cli_registers_under_a_parent_parser() -> None:
     parser = argparse.ArgumentParser(prog="sc4dnssec")
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["audit", "verify", "x.jsonl", "--key", "k.pem"])
-    assert args.func is cli._verify and args.file == "x.jsonl" and args.key == "k.pem"
+    assert args.func is cli._verify and args.file == ["x.jsonl"] and args.key == "k.pem"
 
 
 def test_verify_of_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
