@@ -20,8 +20,8 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from shim.audit import files as audit_files
 from shim.constants import CKM
 from shim.functions import BY_NAME
 
@@ -49,19 +49,9 @@ class Config:
 
 
 def default_audit_path(env: Mapping[str, str]) -> str:
-    """/var/log/sc4dnssec/audit.jsonl where writable, else the user's state dir.
-
-    named runs as an unprivileged user; a default it cannot write would make
-    fail-closed refuse every call, so fall back to a per-user location."""
-    system = Path(DEFAULT_AUDIT_DIR)
-    try:
-        system.mkdir(mode=0o750, parents=True, exist_ok=True)
-        if os.access(system, os.W_OK):
-            return str(system / "audit.jsonl")
-    except OSError:
-        pass
-    state = env.get("XDG_STATE_HOME") or os.path.join(env.get("HOME") or "/tmp", ".local", "state")
-    return os.path.join(state, "sc4dnssec", "audit.jsonl")
+    """/var/log/sc4dnssec/audit.jsonl where writable, else the user's state dir, never a shared one
+    (see ``shim.audit.files.default_path``: ``""`` when there is no home, refused by the writer)."""
+    return audit_files.default_path(env, DEFAULT_AUDIT_DIR)
 
 
 def _mechanism(value: object) -> int:
