@@ -93,7 +93,7 @@ class VerifyResult:
     first_seq: int = schema.FIRST_SEQ
     link: dict[str, Any] | None = None  # args of the link record the file starts with
     versions: dict[int, int] = field(default_factory=dict)  # format version -> epochs
-    version_starts: list[tuple[int, int]] = field(default_factory=list)  # (seq, version) where it changes
+    version_starts: list[tuple[int, int]] = field(default_factory=list)  # (seq, version) where records change version
     unsupported: int | None = None  # a format version this verifier does not know
     unproven: list[str] = field(default_factory=list)  # what this verification could not prove
     proof_required: bool = False  # require_checkpoint was given and no checkpoint proved the log
@@ -297,12 +297,12 @@ class _Verifier:
                 raise _Unsupported(seq, lineno, version)
             self.epoch_version[epoch] = version
             self.r.versions[version] = self.r.versions.get(version, 0) + 1
-            if version != self.last_version:
-                self.r.version_starts.append((seq, version))
-                self.last_version = version
         elif "format" in rec:
             raise _Fail(seq, lineno, f"seq {seq} declares a format but is not the first record of its epoch "
                         f"{epoch}")
+        if version != self.last_version:  # interleaved epochs of different versions: each change
+            self.r.version_starts.append((seq, version))
+            self.last_version = version
         if kind not in schema.KINDS_BY_VERSION[version]:
             raise _Fail(seq, lineno, f"kind {kind!r} does not exist in format version {version} "
                         f"(the version of epoch {epoch})")

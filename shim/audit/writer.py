@@ -358,6 +358,10 @@ class AuditWriter:
                 if now >= self._next_check:
                     self._next_check = now + ROTATION_CHECK_S
                     self._check_rotation()
+            if isinstance(body, str) and not body.startswith(self._prefix):
+                # Encoded before a rotation or fork gave this writer a new epoch: the record
+                # belongs to the new one.  An encoded prog cannot contain ',"thread":'.
+                body = self._prefix + body[body.index(',"thread":'):]
             if (self._locked_append is not None and self._size >= 0 and self._fd is not None
                     and not self.lost and isinstance(body, str)):
                 # Nobody else appended since our last record (checked under the file lock in C):
