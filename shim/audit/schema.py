@@ -1,14 +1,15 @@
 """The audit record schema: one JSON object per line, one hash chain per file.
 
 Every producer (the writer) and consumer (verifier, ``show``) takes field names,
-kinds and the line encoding from here, so the format is defined exactly once.
+kinds, versions and the line encoding from here, so the format is defined once
+in code; docs/audit-format.md specifies it for independent verifiers.
 
 A line is compact JSON (``separators=(",", ":")``, ASCII-only so it is valid
 UTF-8 whatever the input), fields in the order of ``FIELDS``, terminated by
 ``\\n``.  ``prev`` is the SHA-256 (hex) of the previous line's exact bytes
 without its newline, ``GENESIS`` for the first record of a file.  The chain
-hashes bytes, not re-serialised JSON, so the verifier never has to reproduce
-the encoder.
+hashes bytes; the verifier also re-encodes each record and requires the same
+bytes (``canonical_error``), so a record has exactly one valid spelling.
 """
 
 from __future__ import annotations
