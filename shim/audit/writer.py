@@ -68,6 +68,7 @@ TAIL_SCAN_LIMIT: Final = 4 * schema.MAX_LINE
 #: Longest args encoding kept as is; longer ones are replaced by their length and SHA-256.
 MAX_ARGS: Final = schema.MAX_LINE - 4096
 ROTATION_CHECK_S: Final = 1.0
+_MAX_PROG: Final = 255
 _FORMAT_FIELD: Final = f'"format":{schema.FORMAT_VERSION},'
 
 
@@ -211,7 +212,7 @@ class AuditWriter:
         self._tls = threading.local()  # per-thread native id: gettid once per thread, not per record
         self._fixed: dict[tuple[str | None, str | int | None, str | None], tuple[str, str, str]] = {}
         self.pid = os.getpid()
-        self.prog = self._program or _program_name()
+        self.prog = (self._program or _program_name())[:_MAX_PROG]  # keeps every line within MAX_LINE
         self._syslog = (SyslogSender(self._syslog_path, app=self.prog)
                         if self._syslog_path is not None else None)
         self._new_epoch()
