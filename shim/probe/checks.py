@@ -211,6 +211,8 @@ def _can(user: str | None, how: str, path: str) -> bool | str:
 def audit_writable(path: str, user: str | None) -> list[Finding]:
     """Can the signer's user append to (or create) the audit log?  Fail-closed refuses every call
     when it cannot.  Nothing is written."""
+    if not path:  # no default location (no writable /var/log/sc4dnssec, no home): see shim.audit.files
+        return [Finding("audit-log", "no audit log path: set SC4DNSSEC_AUDIT_LOG or [audit] path")]
     ok = _can(user, "append", path)
     if ok is True:
         return []
