@@ -406,18 +406,22 @@ class _Verifier:
 
 
 def verify(path: str, *, key: Ed25519PublicKey | None = None, checkpoints: str | None = None,
-           require_checkpoint: bool = False) -> VerifyResult:
+           require_checkpoint: bool = False, next_file_seq: int | None = None) -> VerifyResult:
     """Check the log at ``path``; see the module docstring for the rules.
 
     ``checkpoints`` is the detached checkpoint file (default ``path +
     ".checkpoints"`` if it exists; pass the off-host copy when you have one).
     ``require_checkpoint``: the result fails (exit 4) unless a signed
     checkpoint from that file, checked with ``key``, proves the log.
+    ``next_file_seq``: the first seq of the file that replaced this one
+    (rotation); detached entries from there on belong to that file.
     Raises OSError if a file cannot be read or is not a regular file,
     ValueError if the checkpoint file is malformed.
     """
     cp_path = checkpoints or signing.checkpoints_path(path)
     detached = signing.read_checkpoints(cp_path) if checkpoints or os.path.exists(cp_path) else []
+    if next_file_seq is not None:
+        detached = [e for e in detached if e["seq"] < next_file_seq]
     v = _Verifier(key, detached)
     with os.fdopen(files.open_read(path), "rb") as f:
         try:
@@ -467,8 +471,9 @@ def verify_files(paths: list[str], *, key: Ed25519PublicKey | None = None,
     were appended by writers that had not yet noticed the rotation; they are
     reported, not failed.  A broken link fails the later file's result.
     """
-    results = [verify(p, key=key, checkpoints=checkpoints, require_checkpoint=require_checkpoint)
-               for p in paths]
+    starts = [_first_seq(p) for p in paths[1:]] + [None]
+    results = [verify(p, key=key, checkpoints=checkpoints, require_checkpoint=require_checkpoint,
+                      next_file_seq=nxt) for p, nxt in zip(paths, starts, strict=True)]
     for i in range(1, len(paths)):
         r = results[i]
         if not r.ok:
@@ -486,11 +491,21 @@ def verify_files(paths: list[str], *, key: Ed25519PublicKey | None = None,
                         + ": the files do not belong together or one was rewritten")
             continue
         r.unproven = [u for u in r.unproven if not u.startswith("this file continues")]
+        r.warnings = [w for w in r.warnings if "in the file this one replaced" not in w]
         late = results[i - 1].last_seq - hs
         if late > 0:
             r.warnings.append(f"{late} record(s) after seq {hs} of {paths[i - 1]} were appended by writers "
                               "that had not yet noticed the rotation")
     return results
+
+
+def _first_seq(path: str) -> int | None:
+    """seq of the first record of ``path`` if it starts with a link (a rotated file's successor)."""
+    with os.fdopen(files.open_read(path), "rb") as f:
+        rec = schema.parse_line(f.readline(schema.MAX_LINE))
+    if rec is None or rec.get("kind") != "link" or not isinstance(rec.get("seq"), int):
+        return None
+    return int(rec["seq"])
 
 
 def _line_hash_at(path: str, seq: int) -> str | None:

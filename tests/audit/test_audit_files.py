@@ -132,6 +132,27 @@ def test_rename_and_create_continues_the_chain_from_a_link(tmp_path: Path, rotat
     assert out.returncode == 0 and "starts with a link" in out.stdout
 
 
+def test_checkpoints_across_a_rotation_are_checked_in_the_file_they_cover(tmp_path: Path,
+                                                                          rotation_now: None) -> None:
+    log, old = tmp_path / "audit.jsonl", tmp_path / "audit.jsonl.1"
+    priv, pub = signing.keygen(str(tmp_path / "keys"))
+    w = AuditWriter(str(log), program="named")
+    write_calls(w, 3)
+    assert run_cli("checkpoint", str(log), "--key", priv).returncode == 0
+    write_calls(w, 1, 3)
+    os.rename(log, old)
+    write_calls(w, 2, 4)
+    assert run_cli("checkpoint", str(log), "--key", priv).returncode == 0
+    w.close()
+    cps = str(log) + ".checkpoints"  # one detached file for both (logrotate rotates only the log)
+    assert len(signing.read_checkpoints(cps)) == 2
+    out = run_cli("verify", str(old), str(log), "--key", pub, "--checkpoints", cps, "--require-checkpoint")
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.count("1 signature(s) verified") == 2
+    alone = run_cli("verify", str(log), "--key", pub)
+    assert alone.returncode == 0 and "in the file this one replaced" in alone.stdout
+
+
 def test_a_removed_log_is_recreated_with_a_link(tmp_path: Path, rotation_now: None) -> None:
     log = tmp_path / "audit.jsonl"
     w = AuditWriter(str(log))
