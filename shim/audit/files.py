@@ -21,7 +21,7 @@ FILE_MODE: Final = 0o640
 
 
 def _refuse(path: str, why: str, code: int = errno.EINVAL) -> OSError:
-    return OSError(code, f"{path}: {why}", path)
+    return OSError(code, f"{path}: {why}")
 
 
 def check_regular(fd: int, path: str) -> os.stat_result:
