@@ -55,6 +55,8 @@ def test_sigkill_at_random_points_never_loses_or_corrupts_a_record(token: Token,
         after = run.audit_log.read_bytes() if run.audit_log.exists() else b""
         assert after.startswith(before), f"kill run {k}: bytes written before were changed"
         before = after
+        if not after:
+            continue  # killed before the shim wrote its first record: nothing to verify yet
         v = audit_cli("verify", str(run.audit_log))
         assert v.returncode in (0, 3), f"kill run {k}: {v.stdout}{v.stderr}"
         if v.returncode == 3:
