@@ -346,13 +346,16 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def dig(port: int, name: str, rtype: str, *extra: str) -> str:
-    """dig +dnssec against 127.0.0.1:port, run without any PKCS#11 environment."""
+def dig(port: int, name: str, rtype: str, *extra: str, wait: int = 2) -> str:
+    """dig +dnssec against 127.0.0.1:port, run without any PKCS#11 environment.
+
+    ``wait``: seconds dig waits for an answer; an AXFR from a server that signs on the fly (PowerDNS)
+    takes one card operation per RRset."""
     return subprocess.run(
-        ["dig", "+dnssec", "+norec", "+time=2", "+tries=1", "-p", str(port), "@127.0.0.1", *extra, name, rtype],
+        ["dig", "+dnssec", "+norec", f"+time={wait}", "+tries=1", "-p", str(port), "@127.0.0.1", *extra, name, rtype],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=wait + 60,
         env={"PATH": BASE_PATH},
     ).stdout
 
@@ -407,7 +410,9 @@ def wait_for(probe: Any, what: str, timeout: float = 60, interval: float = 0.3, 
 def verify_ldns(bench: Bench, zone: Path) -> str:
     """ldns-verify-zone, with no PKCS#11 environment."""
     res = bench.run(["ldns-verify-zone", zone], check=False, env={"PATH": BASE_PATH})
-    assert res.returncode == 0, f"ldns-verify-zone rejects the zone:\n{res.explain()}"
+    assert res.returncode == 0, (
+        f"ldns-verify-zone rejects the zone:\n{res.explain()}\n--- {zone} ---\n{zone.read_text()[:3000]}"
+    )
     return res.stdout + res.stderr
 
 
