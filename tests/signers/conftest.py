@@ -250,7 +250,9 @@ class Bench:
         assert sum(signs.values()) >= min_card_signs, (
             f"{sum(signs.values())} signatures by the token in the audit log ({dict(signs)}), want >= {min_card_signs}"
         )
-        backends = {(str(r["prog"]), (r.get("args") or {}).get("backend")) for r in records if r.get("kind") == "config"}
+        backends = {
+            (str(r["prog"]), (r.get("args") or {}).get("backend")) for r in records if r.get("kind") == "config"
+        }
         for prog in progs:
             seen = {b for p, b in backends if p == prog}
             assert seen == {self.card.module}, f"{prog}: the shim's backend was {seen or 'never configured'}"

@@ -38,7 +38,9 @@ def keystore_uri(bench: Bench) -> str:
     return f"pkcs11:token={label};pin-value={bench.card.pin} {bench.module}"
 
 
-def knot_conf(bench: Bench, alg: str, *, port: int | None = None, manual: bool = True) -> Path:
+def knot_conf(
+    bench: Bench, alg: str, *, port: int | None = None, manual: bool = True, single: bool = True
+) -> Path:
     """knot.conf with the token as keystore; ``single-type-signing``: one key (a CSK) signs all,
     which is what a card with one key per algorithm can do."""
     rundir, db = bench.mkdir("run", owned=True), bench.mkdir("db", owned=True)
@@ -63,7 +65,7 @@ policy:
   - id: card
     keystore: token
     algorithm: {alg}
-{sizes}    single-type-signing: on
+{sizes}    single-type-signing: {"on" if single else "off"}
     manual: {"on" if manual else "off"}
 acl:
   - id: local
@@ -187,3 +189,20 @@ def test_knotd_zone_sign_as_knot(bench: Bench) -> None:
     assert signs["knotd"] > signs_before, f"knotc zone-sign made no token signature: {signs}"
     if user is not None:
         assert bench.daemon_uids("knotd") == {user.uid}
+
+
+def test_knotd_one_key_card_needs_single_type_signing(bench: Bench) -> None:
+    """Without single-type-signing knotd plans a ZSK beside the imported KSK and asks the card to
+    generate it, which a PIV card cannot: the zone does not load."""
+    if bench.card.can_generate:
+        pytest.skip(f"--card={bench.card.kind} generates keys; this is about cards that cannot")
+    require("keymgr", "knotd")
+    conf = knot_conf(bench, ALGORITHMS["ec"], port=free_port(), manual=False, single=False)
+    kid = bench.card.keys["ec"].id.hex()
+    bench.run(["keymgr", "-c", conf, ORIGIN, "import-pkcs11", kid, "algorithm=ecdsap256sha256", "ksk=yes", "zsk=no"])
+    log = bench.work / "knotd.log"
+    knotd = bench.popen(["knotd", "-c", conf], log)
+    failure = "DNSSEC, failed to update key set (key generation error)"
+    wait_for(lambda: failure in log.read_text() or knotd.poll() is not None, "knotd to load the zone")
+    assert failure in log.read_text(), log.read_text()
+    bench.run(["knotc", "-c", conf, "stop"], check=False)

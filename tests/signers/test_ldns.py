@@ -49,8 +49,11 @@ init = 0
     return cnf
 
 
-@pytest.mark.parametrize("key", list(ALGORITHMS))
-def test_ldns_signzone_ksk_on_token(bench: Bench, key: str) -> None:
+@pytest.mark.parametrize("key,pin", [("ec", "pin-value"), ("rsa", "pin-source")])
+def test_ldns_signzone_ksk_on_token(bench: Bench, key: str, pin: str) -> None:
+    """The KSK on the token signs the DNSKEY RRset, the software ZSK the rest. ldns-signzone
+    echoes the engine key id, the whole URI, to stdout: with pin-value that is the PIN, with
+    pin-source (libp11 reads the file) only the file's path."""
     require("ldns-signzone", "ldns-keygen", "ldns-verify-zone")
     number, name = ALGORITHMS[key]
     cnf = engine_cnf(bench)
@@ -60,16 +63,23 @@ def test_ldns_signzone_ksk_on_token(bench: Bench, key: str) -> None:
     with zone.open("a") as f:
         f.write((bench.work / f"{zsk}.key").read_text())
     k = bench.card.keys[key]
+    if pin == "pin-source":
+        pin_file = bench.work / "pin"
+        pin_file.write_text(bench.card.pin)  # no newline
+        pin_file.chmod(0o600)
+        pin_attr = f"pin-source={pin_file}"
+    else:
+        pin_attr = f"pin-value={bench.card.pin}"
     uri = (
         f"pkcs11:token={quote(bench.card.token_label, safe='')};object={quote(k.label, safe='')};"
-        f"type=private;pin-value={bench.card.pin}"
+        f"type=private;{pin_attr}"
     )
     res = bench.run(
         ["ldns-signzone", "-E", "pkcs11", "-K", f"{number},{uri}", "-o", ORIGIN, zone, zsk],
         env={**bench.env, "OPENSSL_CONF": str(cnf)},
     )
-    # ldns-signzone echoes the engine key id, so the whole URI with the PIN, to stdout (docs/ldns.md)
-    assert f"pin-value={bench.card.pin}" in res.stdout, res.explain()
+    assert f"Engine key id: {uri}" in res.stdout, res.explain()
+    assert (bench.card.pin in res.stdout) == (pin == "pin-value"), res.explain()
     signed = bench.work / "zone.db.signed"
     verify_ldns(bench, signed)
     rows = zone_records(signed)
