@@ -35,6 +35,10 @@ from shim.config import dumps as config_dumps
 from shim.locate import module_path
 
 ORIGIN = "example.test"
+# SC4_SIGNERS_RECORD=DIR keeps each test's audit log in DIR (for conformance/record.py); the zones
+# are then small, so the recorded sequences stay short enough to replay on every card.
+RECORD_DIR = os.environ.get("SC4_SIGNERS_RECORD")
+ZONE_NAMES = 3 if RECORD_DIR else 50
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # program -> the Debian 12 package that provides it (ci/packages.txt)
@@ -292,7 +296,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int | None:
 
 
 @pytest.fixture
-def bench(card: Any) -> Iterator[Bench]:
+def bench(card: Any, request: pytest.FixtureRequest) -> Iterator[Bench]:
     """A work directory outside pytest's private temp dir (daemon users must reach it)."""
     work = Path(tempfile.mkdtemp(prefix="sc4signers-"))
     work.chmod(0o755)
@@ -312,11 +316,14 @@ def bench(card: Any) -> Iterator[Bench]:
         yield b
     finally:
         b.stop_all()
+        if RECORD_DIR and audit.exists():
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
+            shutil.copy(audit, Path(RECORD_DIR) / f"{name}-{card.kind}.jsonl")
         shutil.rmtree(work, ignore_errors=True)
 
 
 # -- zones and DNS -------------------------------------------------------------------------------------
-def write_zone(path: Path, origin: str = ORIGIN, names: int = 50) -> None:
+def write_zone(path: Path, origin: str = ORIGIN, names: int = ZONE_NAMES) -> None:
     lines = [
         "$TTL 3600",
         f"$ORIGIN {origin}.",
