@@ -83,6 +83,19 @@ def require(*programs: str) -> None:
         pytest.fail("the signer tests need root (daemon users, mount namespaces, p11-kit module files)", pytrace=False)
 
 
+def require_system_python() -> None:
+    """The module embeds the interpreter it was built with; daemons running as their own users
+    with a clean environment can only start one whose stdlib is the system's (a pyenv build under
+    /root is unreadable for them, and without its environment does not find itself)."""
+    base = Path(sys.base_prefix).resolve()
+    if base not in (Path("/usr"), Path("/usr/local")):
+        pytest.fail(
+            f"the signer tests need the shim built with the system's python3 (this one is under {base}); "
+            "run ci/test with PYTHON=/usr/bin/python3",
+            pytrace=False,
+        )
+
+
 def sc4dnssec_cli() -> str:
     exe = shutil.which("sc4dnssec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if exe is None:
@@ -298,6 +311,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int | None:
 @pytest.fixture
 def bench(card: Any, request: pytest.FixtureRequest) -> Iterator[Bench]:
     """A work directory outside pytest's private temp dir (daemon users must reach it)."""
+    require_system_python()
     work = Path(tempfile.mkdtemp(prefix="sc4signers-"))
     work.chmod(0o755)
     conf = work / "sc4dnssec.toml"
