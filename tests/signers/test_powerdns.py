@@ -1,0 +1,180 @@
+"""PowerDNS 4.7 through the shim, registered as a p11-kit module (docs/powerdns.md).
+
+PowerDNS finds PKCS#11 modules only through p11-kit, by module name. The shim gets a module file
+beside the system's own (p11-kit reads no per-user files for root), limited with ``enable-in`` to
+the PowerDNS programs. ``pdnsutil`` and ``pdns_server`` both open the token, so both get the
+shim's environment; they run as the ``pdns`` user where the token can go with it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import (
+    ORIGIN,
+    Bench,
+    answer,
+    dig,
+    dnskey_tags,
+    free_port,
+    require,
+    rrsig_tags,
+    stop,
+    verify_ldns,
+    wait_for,
+    write_zone,
+)
+
+pytestmark = pytest.mark.signers
+
+P11_MODULES = Path("/usr/share/p11-kit/modules")
+ALGORITHMS = {"ec": "ecdsa256", "rsa": "rsasha256"}
+
+
+@pytest.fixture
+def p11_name() -> Iterator[str]:
+    """The shim as a system-wide p11-kit module, for PowerDNS's programs only; removed afterwards."""
+    from shim.locate import module_path
+
+    if not P11_MODULES.is_dir():
+        pytest.fail(f"{P11_MODULES} missing: apt-get install p11-kit", pytrace=False)
+    name = f"sc4dnssec-test-{uuid.uuid4().hex[:8]}"
+    path = P11_MODULES / f"{name}.module"
+    path.write_text(f"module: {module_path()}\nenable-in: pdnsutil, pdns_server\n")
+    try:
+        yield name
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def system_module_name(backend: str) -> str:
+    """The name the system's own p11-kit file gives the backend library (e.g. softhsm2)."""
+    real = os.path.realpath(backend)
+    for f in sorted(P11_MODULES.glob("*.module")):
+        for line in f.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "module" and os.path.realpath(value.strip()) == real:
+                return f.stem
+    pytest.fail(f"no p11-kit module file in {P11_MODULES} loads {backend}", pytrace=False)
+
+
+def pdns_setup(bench: Bench, port: int) -> Path:
+    """A bind-backend zone with its DNSSEC database, in a config dir of its own."""
+    confdir = bench.mkdir("pdns", owned=True)
+    zones = bench.mkdir("zones", owned=True)
+    write_zone(zones / f"{ORIGIN}.zone")
+    (confdir / "named.conf").write_text(f'zone "{ORIGIN}" {{ type master; file "{zones}/{ORIGIN}.zone"; }};\n')
+    (confdir / "pdns.conf").write_text(
+        f"""launch=bind
+bind-config={confdir}/named.conf
+bind-dnssec-db={confdir}/dnssec.db
+local-address=127.0.0.1
+local-port={port}
+socket-dir={confdir}
+guardian=no
+daemon=no
+disable-syslog=yes
+write-pid=no
+allow-axfr-ips=127.0.0.1
+security-poll-suffix=
+"""
+    )
+    as_user = bench.user is not None
+    pdnsutil(bench, confdir, "create-bind-db", str(confdir / "dnssec.db"), as_user=as_user)
+    if as_user:
+        bench.chown(confdir, zones)
+    return confdir
+
+
+def pdnsutil(bench: Bench, confdir: Path, *args: str, check: bool = True, as_user: bool = False, env=None):
+    return bench.run(["pdnsutil", f"--config-dir={confdir}", *args], check=check, as_user=as_user, env=env)
+
+
+def assign(bench: Bench, confdir: Path, module: str, key: str, env=None, check: bool = True):
+    """`pdnsutil hsm assign`: the key by its private key label; through the shim no separate
+    public-key label is needed (the shim presents the public key under the same label)."""
+    k = bench.card.keys[key]
+    return pdnsutil(
+        bench, confdir, "hsm", "assign", ORIGIN, ALGORITHMS[key], "ksk", module, bench.card.token_label,
+        bench.card.pin, k.label, as_user=bench.user is not None, env=env, check=check,
+    )
+
+
+@pytest.mark.parametrize("key", list(ALGORITHMS))
+def test_pdns_hsm_assign_serve(bench: Bench, p11_name: str, key: str) -> None:
+    """hsm assign, rectify-zone, check-zone; pdns_server (as pdns) answers dig +dnssec and AXFR
+    with the token key's signatures; the transferred zone passes ldns-verify-zone."""
+    require("pdnsutil", "pdns_server", "dig", "ldns-verify-zone")
+    user = bench.become("pdns")
+    as_user = user is not None
+    port = free_port()
+    confdir = pdns_setup(bench, port)
+    res = assign(bench, confdir, p11_name, key)
+    assert "assigned" in res.stdout + res.stderr, res.explain()
+    pdnsutil(bench, confdir, "rectify-zone", ORIGIN, as_user=as_user)
+    check = pdnsutil(bench, confdir, "check-zone", ORIGIN, as_user=as_user)
+    assert "0 errors" in check.stdout, check.explain()
+    log = bench.work / "pdns.log"
+    server = bench.popen(["pdns_server", f"--config-dir={confdir}"], log, as_user=as_user)
+
+    def alive() -> None:
+        if server.poll() is not None:
+            raise AssertionError(f"pdns_server exited {server.returncode}:\n{log.read_text()[-4000:]}")
+
+    def signed_dnskey() -> list[list[str]] | None:
+        rows = answer(dig(port, ORIGIN, "DNSKEY"))
+        return rows if rrsig_tags(rows, "DNSKEY") else None
+
+    rows = wait_for(signed_dnskey, "pdns_server's signed DNSKEY answer", alive=alive)
+    tags = dnskey_tags(rows)
+    assert len(tags) == 1 and rrsig_tags(rows, "DNSKEY") == set(tags), rows
+    a = answer(dig(port, f"host1.{ORIGIN}", "A"))
+    assert rrsig_tags(a, "A") == set(tags), a
+    axfr = bench.work / "axfr.zone"
+    axfr.write_text(dig(port, ORIGIN, "AXFR", wait=240))
+    verify_ldns(bench, axfr)
+    rc = stop(server)
+    assert rc is not None, f"pdns_server did not stop on SIGTERM:\n{log.read_text()[-4000:]}"
+    signs = bench.check_audit(2, progs=["pdnsutil", "pdns_server"])
+    assert signs["pdns_server"] >= 2, signs
+    if bench.card.kind == "softhsm-cardlike":
+        # what the card lacks, completed by the shim: the digests in software, RSA hash-then-sign
+        served = [r for r in bench.records() if r.get("prog") == "pdns_server"]
+        mechanisms = {(r.get("args") or {}).get("mechanism") for r in served if r.get("fn") == "C_SignInit"}
+        assert mechanisms == {"CKM_SHA256_RSA_PKCS" if key == "rsa" else "CKM_ECDSA"}, mechanisms
+        assert {r.get("src") for r in served if r.get("fn") in ("C_Digest", "C_DigestFinal")} == {"soft"}
+    if user is not None:
+        assert bench.daemon_uids("pdns_server") == {user.uid}
+
+
+def test_pdns_rsa_needs_the_shim_on_a_cardlike_token(bench: Bench, p11_name: str) -> None:
+    """PowerDNS signs RSA with CKM_SHA256_RSA_PKCS and hashes with C_Digest; a card-like token has
+    neither. The flow of test_pdns_hsm_assign_serve[rsa] straight on the backend (through the
+    system's own p11-kit module file for it) cannot sign; through the shim (software digest,
+    hash-then-sign on the token's raw RSA), on the same --card, it can."""
+    if bench.card.kind != "softhsm-cardlike":
+        pytest.skip(f"the direct baseline is the card-like token's; --card={bench.card.kind} has its own digests")
+    require("pdnsutil", "pdns_server", "dig")
+    port = free_port()
+    confdir = pdns_setup(bench, port)
+    direct = system_module_name(bench.card.module)
+    direct_env = {k: v for k, v in bench.env.items() if not k.startswith("SC4DNSSEC_")}
+    assign(bench, confdir, direct, "rsa", env=direct_env)
+    log = bench.work / "pdns-direct.log"
+    server = bench.popen(["pdns_server", f"--config-dir={confdir}"], log, env=direct_env)
+    try:
+        def answered() -> str | None:
+            out = dig(port, ORIGIN, "DNSKEY")
+            return out if "status:" in out else None
+
+        out = wait_for(answered, "any answer from pdns_server (direct)")
+        assert not rrsig_tags(answer(out), "DNSKEY"), f"direct on the card-like token signed after all:\n{out}"
+    finally:
+        stop(server)
+    logtext = log.read_text()
+    assert "C_SignInit failed: The crypto mechanism is invalid" in logtext, logtext[-4000:]
