@@ -11,6 +11,7 @@ with ``ci/package --no-check``. Missing prerequisites fail with a message naming
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shlex
@@ -42,9 +43,7 @@ def fail_missing(e: Exception) -> None:
 class Overlay(Trixie):
     """A Debian 13 root of our own: ci/lib/trixie.sh runs commands in it (SC4DNSSEC_TRIXIE_ROOT)."""
 
-    def argv(
-        self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None
-    ) -> list[str]:
+    def argv(self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
         return ["env", f"SC4DNSSEC_TRIXIE_ROOT={self.root}", *super().argv(cmd, env, cwd)]
 
     def as_user(self, user: str, cmd: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -123,8 +122,8 @@ def _mount_overlay(lower: str, base: Path) -> Path:
     return merged
 
 
-@pytest.fixture
-def fresh_root(shared_root: Trixie) -> Iterator[Overlay]:
+@contextlib.contextmanager
+def overlay_root(shared_root: Trixie) -> Iterator[Overlay]:
     """A throwaway copy-on-write Debian 13 root, without the package."""
     base = Path(tempfile.mkdtemp(prefix="sc4pkg-root-"))
     merged = _mount_overlay(shared_root.root, base)
@@ -133,6 +132,12 @@ def fresh_root(shared_root: Trixie) -> Iterator[Overlay]:
     finally:
         subprocess.run(["umount", "-l", str(merged)], capture_output=True)
         subprocess.run(["rm", "-rf", "--one-file-system", str(base)], capture_output=True)
+
+
+@pytest.fixture
+def fresh_root(shared_root: Trixie) -> Iterator[Overlay]:
+    with overlay_root(shared_root) as root:
+        yield root
 
 
 def upper_dir(root: Overlay) -> Path:
