@@ -144,3 +144,43 @@ def test_install_upgrade_purge_in_a_fresh_debian13_root(fresh_root: Overlay, deb
     assert root.path(AUDIT_LOG).read_text() == '{"an": "audit record"}\n'
     left = [r for r in _residue(root) if not r.startswith("var/log/sc4dnssec/")]
     assert not left, f"the purge left files behind: {left}"
+
+
+POLKIT_CHECK = r"""
+mkdir -p /run/dbus
+dbus-daemon --system --fork --print-pid >/run/sc4-dbus.pid
+polkitd=
+trap 'kill $polkitd "$(cat /run/sc4-dbus.pid)" 2>/dev/null' EXIT
+check() {
+    /usr/lib/polkit-1/polkitd --no-debug >>/tmp/polkitd.log 2>&1 &
+    polkitd=$!
+    sleep 2
+    for user in bind nobody; do
+        for action in access_pcsc access_card; do
+            runuser -u "$user" -- sh -c \
+                "pkcheck --action-id org.debian.pcsc-lite.$action --process \$\$ >/dev/null 2>&1; echo $1 $user $action \$?"
+        done
+    done
+    kill "$polkitd"
+    wait "$polkitd" 2>/dev/null || true
+    polkitd=
+}
+check with-rule
+mv "$0" /tmp/rule.off
+check without-rule
+mv /tmp/rule.off "$0"
+"""
+
+
+def test_polkit_rule_lets_bind_and_nobody_else_reach_pcscd(fresh_root: Overlay, deb: Path) -> None:
+    """Debian 13's polkitd with pcscd's actions: the package's rule admits user bind, and it is the
+    rule that does (without it bind is refused too). Installs polkitd and pcscd from the mirror."""
+    root = fresh_root
+    root.install(deb, "polkitd", "pcscd", "dbus-daemon")
+    res = root.run(["sh", "-c", POLKIT_CHECK, POLKIT], timeout=120, check=False)
+    verdicts = {tuple(line.split()[:3]): line.split()[3] for line in res.stdout.splitlines() if len(line.split()) == 4}
+    log = f"{res.explain()}\n{root.path('/tmp/polkitd.log').read_text(errors='replace')[-2000:]}"
+    for action in ("access_pcsc", "access_card"):
+        assert verdicts.get(("with-rule", "bind", action)) == "0", log
+        assert verdicts.get(("with-rule", "nobody", action)) not in (None, "0"), log
+        assert verdicts.get(("without-rule", "bind", action)) not in (None, "0"), log
