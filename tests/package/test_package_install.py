@@ -154,11 +154,16 @@ trap 'kill $polkitd "$(cat /run/sc4-dbus.pid)" 2>/dev/null' EXIT
 check() {
     /usr/lib/polkit-1/polkitd --no-debug >>/tmp/polkitd.log 2>&1 &
     polkitd=$!
-    sleep 2
+    tries=0
+    until dbus-send --system --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.NameHasOwner \
+            string:org.freedesktop.PolicyKit1 2>/dev/null | grep -q 'boolean true'; do
+        tries=$((tries + 1)); [ "$tries" -lt 300 ] || { echo "polkitd did not register on the bus" >&2; exit 1; }
+        sleep 0.1
+    done
     for user in bind nobody; do
         for action in access_pcsc access_card; do
-            runuser -u "$user" -- sh -c \
-                "pkcheck --action-id org.debian.pcsc-lite.$action --process \$\$ >/dev/null 2>&1; echo $1 $user $action \$?"
+            runuser -u "$user" -- sh -c 'pkcheck --action-id "$1" --process $$ >/dev/null 2>&1; echo $?' \
+                sh "org.debian.pcsc-lite.$action" | sed "s/^/$1 $user $action /"
         done
     done
     kill "$polkitd"
