@@ -268,6 +268,23 @@ def test_named_as_bind_serves_dnskey_signed_by_the_card_key(production: Producti
     assert "Label:" in ksks[p.ksk] and "PrivateKey:" not in ksks[p.ksk]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="shim/probe runs its child as `python3 -m shim.probe.exercise`, which cannot find the package's "
+    "private /usr/lib/smartcards4dnssec (issue 19 report)",
+)
+def test_probe_as_bind_accepts_the_card_for_bind920(production: Production) -> None:
+    """The operator's first command, on the installed package's configuration, as named's user."""
+    p = production
+    res = p.root.run(
+        ["sc4dnssec", "probe", "--user", "bind", "--for", "bind920", "--pin-source", CARD_PIN, "--key-dir", KEYS],
+        env=p.env,
+        check=False,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.explain()
+
+
 def _named_uid(p: Production) -> int:
     assert p.named is not None
     m = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", Path(f"/proc/{p.named.pid}/status").read_text(), re.M)

@@ -106,6 +106,8 @@ def test_install_upgrade_purge_in_a_fresh_debian13_root(fresh_root: Overlay, deb
         env={"SC4DNSSEC_CONF": CONF},
     ).stdout.split()
     assert checked == [conf["backend"], AUDIT_LOG, "fail-closed"], checked
+    res = root.run(["sc4dnssec", "config", "check", CONF], check=False)
+    assert res.returncode == 0 and res.stdout.strip() == f"{CONF}: OK", res.explain()
 
     # named's integration, where systemd, AppArmor and polkit look for it.
     dropin = root.path(DROPIN).read_text()
