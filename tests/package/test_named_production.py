@@ -270,8 +270,8 @@ def test_named_as_bind_serves_dnskey_signed_by_the_card_key(production: Producti
 
 @pytest.mark.xfail(
     strict=True,
-    reason="shim/probe runs its child as `python3 -m shim.probe.exercise`, which cannot find the package's "
-    "private /usr/lib/smartcards4dnssec (issue 19 report)",
+    reason="`probe --user bind`: the embedded Python in the probe's child fails to start (ImportError, "
+    "circular import of shim.audit.writer from shim.runtime); as root it starts (issue 19 report)",
 )
 def test_probe_as_bind_accepts_the_card_for_bind920(production: Production) -> None:
     """The operator's first command, on the installed package's configuration, as named's user."""
