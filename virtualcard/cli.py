@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from .cardinfo import discover_keys
@@ -57,13 +58,33 @@ def cmd_up(a: argparse.Namespace) -> int:
     run = state_dir / RUN
     run.mkdir(parents=True, exist_ok=True)
     h = Harness.load(run) if (run / "harness.json").exists() else Harness(run, readers=a.readers)
-    if not h.running:
-        h = Harness(run, readers=a.readers)
-        h.start()
-    if 0 not in h.cards or not pid_alive(h.cards[0].pid, "virtualcard.vpcd"):
-        h.cards.pop(0, None)
-        h.add_card(state_dir, 0, latency_ms=a.latency_ms, profile=a.profile)
-    sys.stdout.write(exports(state_dir, h))
+    started_pcscd = started_card = False
+    try:
+        if not h.running:
+            h = Harness(run, readers=a.readers)
+            started_pcscd = True
+            h.start(timeout=a.timeout)
+        if 0 not in h.cards or not pid_alive(h.cards[0].pid, "virtualcard.vpcd"):
+            h.cards.pop(0, None)
+            started_card = True
+            h.add_card(state_dir, 0, latency_ms=a.latency_ms, profile=a.profile)
+        deadline = time.monotonic() + a.timeout
+        while True:  # pcscd reports the card before OpenSC can always bind it
+            try:
+                text = exports(state_dir, h)
+                break
+            except LookupError as e:
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"OpenSC sees no token on the card: {e}") from None
+                time.sleep(0.1)
+    except BaseException:
+        # stop what this command started; a pcscd or card that was already up stays up
+        if started_pcscd:
+            h.stop()
+        elif started_card and 0 in h.cards:
+            h.stop_card(0, wait=False)
+        raise
+    sys.stdout.write(text)
     return 0
 
 
@@ -125,6 +146,9 @@ def cmd_status(a: argparse.Namespace) -> int:
         print("down")
         return 0
     h = Harness.load(run)
+    if not h.pcscd_pid and not h.cards:
+        print("down")
+        return 0
     print(
         f"pcscd pid {h.pcscd_pid} {'running' if h.running else 'DEAD'}; PCSCLITE_CSOCK_NAME={h.socket_path}"
     )
@@ -156,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=float, default=None, help="delay per private-key operation")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None)
     p.add_argument("--readers", type=int, default=2)
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for pcscd, its readers and the token (10)"
+    )
     add("down", cmd_down, "stop card and pcscd (by PID); the card state stays")
     add("env", cmd_env, "print the export lines again")
     p = add("provision", cmd_provision, "create the card (defaults) and/or put a key + cert in a slot")

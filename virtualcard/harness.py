@@ -1,7 +1,7 @@
 """A private pcscd with vpcd readers, and card processes in them, all started and stopped by PID.
 
-pcscd 1.9.9 always binds ``/run/pcscd/pcscd.comm``.  To never touch a system pcscd we run ours in
-its own mount namespace with a private directory bind-mounted over ``/run``::
+pcscd (1.9.9 and 2.x alike) always binds ``/run/pcscd/pcscd.comm``.  To never touch a system pcscd
+we run ours in its own mount namespace with a private directory bind-mounted over ``/run``::
 
     unshare -m --propagation private sh -c 'mount --bind RUN_DIR/root /run && exec pcscd -f -c CONF'
 
@@ -9,6 +9,16 @@ its own mount namespace with a private directory bind-mounted over ``/run``::
 ``PCSCLITE_CSOCK_NAME=RUN_DIR/root/pcscd/pcscd.comm``.  Each vpcd config entry offers two readers
 on consecutive TCP ports; reader ``r`` listens on ``base_port + r``.  Ports are chosen free, so
 several harnesses (several developers, parallel CI jobs) coexist on one machine.
+
+polkit: a pcscd built with polkit (Debian 13's 2.x; Debian 12's 1.9.9 is built without) asks
+polkitd over the system D-Bus before serving a client, and rejects every client when it cannot
+ask ("Rejected unauthorized PC/SC client").  Our pcscd serves only a socket in a private
+directory, so it runs with ``--disable-polkit`` whenever ``pcscd --help`` offers that option;
+access is then the socket directory's permissions, as with a pcscd built without polkit.
+
+Failure: whatever :meth:`Harness.start` or :meth:`Harness.add_card` started is stopped again
+before the error propagates, and the state file names every process while it runs, so
+``virtualcard down`` finds whatever a killed ``virtualcard up`` left.
 
 Stale ATRs: pcscd polls presence every 400 ms; a card re-inserted faster than that is never seen
 as removed.  :meth:`Harness.remove` therefore waits until pcscd reports the reader empty.
@@ -20,16 +30,22 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .cardinfo import find_module
+
+# Names a process the caller waits for that has died, or None while it runs.
+Gone = Callable[[], "str | None"]
 
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 OPENSC_PKCS11_CANDIDATES = (
@@ -52,6 +68,24 @@ def opensc_module() -> str:
     if path:
         return path
     raise HarnessError("opensc-pkcs11.so not found (install opensc-pkcs11 or set OPENSC_PKCS11)")
+
+
+@lru_cache(maxsize=4)
+def pcscd_options(pcscd: str) -> tuple[str, ...]:
+    """The long options this pcscd lists in ``--help`` (build-dependent: polkit, hotplug...)."""
+    try:
+        out = subprocess.run([pcscd, "--help"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"cannot run {pcscd} --help: {e}") from e
+    return tuple(sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", out.stdout + out.stderr))))
+
+
+def pcscd_argv(conf: Path, pcscd: str = "pcscd") -> list[str]:
+    """The private pcscd's command line: foreground, our reader config, polkit off if built in."""
+    argv = [pcscd, "-f", "-c", str(conf)]
+    if "--disable-polkit" in pcscd_options(pcscd):
+        argv.append("--disable-polkit")
+    return argv
 
 
 def _port_free(port: int) -> bool:
@@ -165,10 +199,15 @@ class Harness:
 
     # -- pcscd -------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
-        """Start the private pcscd with ``readers`` vpcd readers on free ports."""
+        """Start the private pcscd with ``readers`` vpcd readers on free ports.
+
+        On any failure (including an interrupt) pcscd is stopped again before the error
+        propagates; the state file names pcscd from the moment it runs.
+        """
         if self.pcscd_pid and pid_alive(self.pcscd_pid, "pcscd"):
             return
-        if shutil.which("pcscd") is None or not os.path.exists(VPCD_DRIVER):
+        pcscd = shutil.which("pcscd")
+        if pcscd is None or not os.path.exists(VPCD_DRIVER):
             raise HarnessError("pcscd and vsmartcard-vpcd are required (apt install pcscd vsmartcard-vpcd)")
         if len(str(self.socket_path)) > 100:
             raise HarnessError(f"socket path too long for AF_UNIX: {self.socket_path}")
@@ -190,39 +229,65 @@ class Harness:
                 # the driver under another name is dlopen'ed as a separate instance.
                 driver = str(self.run_dir / f"libifdvpcd-{i}.so")
                 shutil.copyfile(VPCD_DRIVER, driver)
-            (conf / f"vpcd{i}").write_text(
-                f'FRIENDLYNAME "{self._friendly(i)}"\nDEVICENAME /dev/null:{port}\n'
-                f"LIBPATH {driver}\nCHANNELID {port}\n"
-            )
+            (conf / f"vpcd{i}").write_text(self._reader_conf(i, port, driver))
         unshare = ["unshare", "-m", "--propagation", "private"]
         if os.geteuid() != 0:
             unshare.insert(1, "-r")  # user namespace: mount without real root
-        inner = f"mount --bind '{root}' /run && exec pcscd -f -c '{conf}'"
-        log = open(self.run_dir / "pcscd.log", "ab")
-        proc = subprocess.Popen(
-            [*unshare, "sh", "-c", inner],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
+        inner = f"mount --bind {shlex.quote(str(root))} /run && exec {shlex.join(pcscd_argv(conf, pcscd))}"
+        log_path = self.run_dir / "pcscd.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [*unshare, "sh", "-c", inner],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         self.pcscd_pid = proc.pid
-        deadline = time.monotonic() + timeout
-        while not self.socket_path.exists():
-            if proc.poll() is not None:
-                raise HarnessError(f"pcscd exited ({proc.returncode}); see {self.run_dir / 'pcscd.log'}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise HarnessError("pcscd did not create its socket")
-            time.sleep(0.02)
-        # the readers appear once the vpcd driver is loaded
-        self._wait(
-            lambda s: all(self.reader_name(r) in s for r in range(self.readers)),
-            timeout,
-            "vpcd readers did not appear",
-        )
+        try:
+            self.save()
+            deadline = time.monotonic() + timeout
+            while not self.socket_path.exists():
+                if proc.poll() is not None:
+                    raise HarnessError(f"pcscd exited ({proc.returncode}); see {log_path}")
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"pcscd did not create its socket; see {log_path}")
+                time.sleep(0.02)
+            # the readers appear once the vpcd driver is loaded
+            try:
+                self._wait(
+                    lambda s: all(self.reader_name(r) in s for r in range(self.readers)),
+                    timeout,
+                    "vpcd readers did not appear",
+                    lambda: None if proc.poll() is None else f"pcscd exited ({proc.returncode})",
+                )
+            except HarnessError as e:
+                raise HarnessError(f"{e}{self._pcscd_log_hint(log_path)}") from None
+        except BaseException:
+            self.stop()
+            raise
         self.save()
+
+    def _reader_conf(self, entry: int, port: int, driver: str) -> str:
+        """One reader.conf.d entry for a vpcd instance listening on ``port``."""
+        return (
+            f'FRIENDLYNAME "{self._friendly(entry)}"\nDEVICENAME /dev/null:{port}\n'
+            f"LIBPATH {driver}\nCHANNELID {port}\n"
+        )
+
+    @staticmethod
+    def _pcscd_log_hint(log_path: Path) -> str:
+        """The part of pcscd's log that explains missing readers, for the error message."""
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        if any("Rejected unauthorized PC/SC client" in line for line in lines):
+            return (
+                f"; pcscd rejects its clients (polkit; its --help offers no --disable-polkit); see {log_path}"
+            )
+        tail = "\n  ".join(lines[-5:])
+        return f"; {log_path} ends:\n  {tail}" if tail else f"; {log_path} is empty"
 
     def stop(self) -> None:
         """Stop every card and pcscd, by PID only."""
@@ -256,22 +321,29 @@ class Harness:
     def _listing(self) -> str:
         return "\n".join(f"{n} {p}" for n, p in self.reader_status().items())
 
-    def _wait(self, cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, cond, timeout: float, what: str, gone: Gone | None = None) -> None:  # type: ignore[no-untyped-def]
+        """Poll the reader listing until ``cond`` holds; ``gone()`` names a process that died."""
         deadline = time.monotonic() + timeout
         while True:
             listing = self._listing()
             if cond(listing):
                 return
+            dead = gone() if gone else None
+            if dead:
+                raise HarnessError(f"{what}: {dead}")
             if time.monotonic() > deadline:
                 raise HarnessError(f"{what}; readers: {listing!r}")
             time.sleep(0.05)
 
-    def wait_present(self, reader: int, present: bool = True, timeout: float = 15.0) -> None:
+    def wait_present(
+        self, reader: int, present: bool = True, timeout: float = 15.0, gone: Gone | None = None
+    ) -> None:
         name = self.reader_name(reader)
         self._wait(
             lambda s: f"{name} {present}" in s,
             timeout,
             f"card in {name} not {'present' if present else 'absent'}",
+            gone,
         )
 
     def opensc_conf_for(self, reader: int) -> Path:
@@ -320,16 +392,27 @@ class Harness:
         if verbose:
             cmd.append("-v")
         env = {**os.environ, "PYTHONPATH": PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        log = open(self.run_dir / f"card{reader}.log", "ab")
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
-        )
-        log.close()
+        log_path = self.run_dir / f"card{reader}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+            )
         card = CardProc(reader, port, proc.pid, str(state_dir), True, latency_ms, profile)
         self.cards[reader] = card
-        self.save()
-        if wait:
-            self.wait_present(reader, True)
+        try:
+            self.save()
+            if wait:
+                try:
+                    self.wait_present(
+                        reader, True, gone=lambda: None if proc.poll() is None else f"card exited ({proc.returncode})"
+                    )
+                except HarnessError as e:
+                    raise HarnessError(f"{e}; see {log_path}") from None
+        except BaseException:
+            self.cards.pop(reader, None)
+            _terminate(proc.pid, "virtualcard.vpcd")
+            self.save()
+            raise
         return card
 
     def stop_card(self, reader: int, wait: bool = True) -> None:
