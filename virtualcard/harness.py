@@ -249,7 +249,7 @@ class Harness:
             deadline = time.monotonic() + timeout
             while not self.socket_path.exists():
                 if proc.poll() is not None:
-                    raise HarnessError(f"pcscd exited ({proc.returncode}); see {log_path}")
+                    raise HarnessError(f"pcscd exited ({proc.returncode}){self._pcscd_log_hint(log_path)}")
                 if time.monotonic() > deadline:
                     raise HarnessError(f"pcscd did not create its socket; see {log_path}")
                 time.sleep(0.02)
