@@ -20,13 +20,23 @@
 
 SC4_TRIXIE_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SC4_TRIXIE_DEFAULT_ROOT=/var/cache/sc4dnssec/trixie-root
-# Stamp written by ci/debian13-root when the root is complete; its content is the package list.
+# Stamps written by ci/debian13-root when the root is complete: each holds the words of the
+# packages installed from one list (SC4_TRIXIE_PACKAGES, SC4_TRIXIE_ROOT_ONLY_PACKAGES). A root is
+# complete when each stamp names every package of its list, so a checkout that needs fewer
+# packages than the last builder installed uses the root as it is, and rewrites nothing.
 SC4_TRIXIE_STAMP=.sc4dnssec-root-complete
+SC4_TRIXIE_STAMP_ROOT_ONLY=.sc4dnssec-root-complete-debian13-stack
+# Stock BIND 9.20 + pkcs11-provider and what the BIND flows and the demo need, in the root or,
+# on a Debian 13 host, on the host itself.
 SC4_TRIXIE_PACKAGES=(
     bind9 bind9-utils bind9-dnsutils pkcs11-provider softhsm2 opensc opensc-pkcs11 libpcsclite1
     python3 python3-venv python3-dev python3-cffi python3-cryptography python3-setuptools
     python3-pip gcc libc6-dev
 )
+# Only in a root on another release: Debian 13's own pcscd, vpcd and test tools, so that the
+# virtual-card suite also runs on Debian 13's pcscd 2.x and OpenSC (ci/virtualcard-debian13).
+# A Debian 13 host runs that suite in ci/test's own steps instead.
+SC4_TRIXIE_ROOT_ONLY_PACKAGES=(pcscd vsmartcard-vpcd yubico-piv-tool python3-pytest python3-pykcs11)
 SC4_TRIXIE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 sc4_progress() {
@@ -38,6 +48,84 @@ sc4_die() {
     exit 1
 }
 
+# apt-get install PACKAGE... on the host, leaving no service started or enabled that the
+# packages brought (bind9 enables named.service, which starts a named on port 53; pcscd enables
+# pcscd.socket). Our tests and the demo start their own named and pcscd, by PID.
+# - While installing, /usr/sbin/policy-rc.d (exit 101) stops maintainer scripts from starting
+#   services, unless the host already has a policy-rc.d of its own (then that one decides).
+# - Afterwards every unit or init script that the install enabled is disabled again (and stopped,
+#   should it run); each is named on stderr with the command that re-enables it.
+# Packages already installed are not touched. Prints the installed packages' names on stdout.
+# Recommended packages are left out unless the first argument is --with-recommends.
+sc4_host_apt_install() {
+    local missing=() p recommends=--no-install-recommends
+    if [[ ${1:-} == --with-recommends ]]; then
+        recommends=--install-recommends
+        shift
+    fi
+    for p in "$@"; do
+        dpkg-query -W -f '${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing+=("$p")
+    done
+    ((${#missing[@]})) || return 0
+    sc4_progress "installing on this host: ${missing[*]}"
+    local before after
+    before=$(_sc4_enabled_services)
+    (
+        export DEBIAN_FRONTEND=noninteractive
+        policy=/usr/sbin/policy-rc.d marker='# sc4dnssec: no service starts while it installs packages'
+        if [[ ! -e $policy ]]; then
+            trap '[[ $(sed -n 2p "$policy" 2>/dev/null) == "$marker" ]] && rm -f "$policy"' EXIT
+            trap 'exit 130' INT TERM
+            printf '#!/bin/sh\n%s\nexit 101\n' "$marker" >"$policy"
+            chmod 755 "$policy"
+        fi
+        apt-get update -q >&2
+        apt-get install -y -q "$recommends" "${missing[@]}" >&2
+    ) || return
+    after=$(_sc4_enabled_services)
+    local new kind name
+    new=$(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$after") | grep -v '^$' || true)
+    while read -r kind name; do
+        [[ -n $name ]] || continue
+        if [[ $kind == unit ]]; then
+            if [[ -d /run/systemd/system ]]; then
+                systemctl disable --now "$name" >/dev/null 2>&1 || true
+            else
+                systemctl disable "$name" >/dev/null 2>&1 || true
+            fi
+        else
+            if [[ ! -d /run/systemd/system ]] && "/etc/init.d/$name" status >/dev/null 2>&1; then
+                "/etc/init.d/$name" stop >/dev/null 2>&1 || true
+            fi
+            update-rc.d "$name" disable >/dev/null 2>&1 || true
+        fi
+    done <<<"$new"
+    local still
+    still=$(_sc4_enabled_services)
+    while read -r kind name; do
+        [[ -n $name ]] || continue
+        local undo="systemctl enable $name"
+        [[ $kind == unit ]] || undo="update-rc.d $name enable"
+        if grep -qxF "$kind $name" <<<"$still"; then
+            sc4_progress "warning: the install enabled $name and it could not be disabled"
+        else
+            sc4_progress "disabled $name again (the install enabled it; not needed here; undo: $undo)"
+        fi
+    done <<<"$new"
+    printf '%s\n' "${missing[@]}"
+}
+
+# What starts at boot: "unit NAME" for systemd units wanted by a target, "sysv NAME" for init
+# scripts started in a runlevel. One per line, sorted.
+_sc4_enabled_services() {
+    {
+        find /etc/systemd/system -mindepth 2 -maxdepth 2 \( -path '*.wants/*' -o -path '*.requires/*' \) \
+            -printf 'unit %f\n' 2>/dev/null
+        find /etc/rcS.d /etc/rc2.d /etc/rc3.d /etc/rc4.d /etc/rc5.d -name 'S*' -printf '%f\n' 2>/dev/null \
+            | sed -E 's/^S[0-9]+/sysv /'
+    } | sort -u
+}
+
 # True on a Debian 13 (trixie) host: there BIND 9.20 + pkcs11-provider are installed directly.
 trixie_host_is_trixie() {
     local codename=
@@ -45,6 +133,13 @@ trixie_host_is_trixie() {
         codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
     fi
     [[ $codename == trixie ]]
+}
+
+# The packages a root needs: the BIND set, plus the Debian 13 test stack in a chroot.
+trixie_packages() {
+    local root=${1:?root}
+    printf '%s\n' "${SC4_TRIXIE_PACKAGES[@]}"
+    [[ $root == / ]] || printf '%s\n' "${SC4_TRIXIE_ROOT_ONLY_PACKAGES[@]}"
 }
 
 trixie_root() {
@@ -55,7 +150,7 @@ trixie_root() {
     fi
 }
 
-# A root is usable when its stamp lists every package we need (a half-built root has no stamp).
+# A root is usable when its stamps list every package we need (a half-built root has none).
 trixie_root_complete() {
     local root=$1
     if [[ $root == / ]]; then
@@ -64,7 +159,31 @@ trixie_root_complete() {
         ! grep -qv '^ii' <<<"$status"
         return
     fi
-    [[ -f $root/$SC4_TRIXIE_STAMP ]] && [[ $(cat "$root/$SC4_TRIXIE_STAMP") == "${SC4_TRIXIE_PACKAGES[*]}" ]]
+    _trixie_stamp_has "$root/$SC4_TRIXIE_STAMP" "${SC4_TRIXIE_PACKAGES[@]}" \
+        && _trixie_stamp_has "$root/$SC4_TRIXIE_STAMP_ROOT_ONLY" "${SC4_TRIXIE_ROOT_ONLY_PACKAGES[@]}"
+}
+
+_trixie_stamp_has() {
+    local stamp=$1 have p
+    shift
+    [[ -f $stamp ]] || return 1
+    have=" $(tr -s ' \n' '  ' <"$stamp") "
+    for p in "$@"; do
+        [[ $have == *" $p "* ]] || return 1
+    done
+}
+
+# Writes STAMP naming what it named before and PACKAGES (in that order, each once).
+trixie_write_stamp() {
+    local stamp=$1 words=() w
+    shift
+    if [[ -f $stamp ]]; then
+        read -r -a words <"$stamp" || true   # no newline at the end: read says EOF, words are read
+    fi
+    for w in "$@"; do
+        [[ " ${words[*]} " == *" $w "* ]] || words+=("$w")
+    done
+    printf '%s' "${words[*]}" >"$stamp.tmp" && mv -f "$stamp.tmp" "$stamp"
 }
 
 # The Debian archive mirror this machine already uses, from its apt sources (deb822 *.sources and
@@ -197,6 +316,9 @@ _in_root_argv() {
     trixie_root_complete "$root" \
         || sc4_die "the Debian 13 root $root is missing or incomplete: run ci/debian13-root"
     # A private mount namespace: the mounts disappear with the command, whatever happens to it.
+    # The root is bind-mounted onto itself first, so that "/" in the chroot is a mount point and
+    # CMD can make mount namespaces of its own (unshare --propagation private, as the virtual
+    # card's pcscd does, fails with EINVAL on a "/" that is no mount point).
     # The inner bash execs chroot, so the PID of this command is the PID of CMD.
     # The pcscd serving the socket runs on the host; pcsc-lite refuses clients newer than the
     # daemon (Debian 13's libpcsclite speaks protocol 4:5, Debian 12's pcscd 4:4), so inside the
@@ -207,6 +329,7 @@ _in_root_argv() {
     fi
     SC4_IN_ROOT_ARGV=(unshare --mount --propagation private -- bash -c '
             . "$0"; root=$1; pcsclib=$2; nb=$3; shift 3
+            mountpoint -q "$root" || mount --bind "$root" "$root" || exit 125
             trixie_mount "$root" "${@:1:$nb}" || exit 125
             shift "$nb"
             if [[ -n $pcsclib ]]; then
