@@ -12,12 +12,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from virtualcard.harness import Harness, HarnessError, pcscd_argv, pcscd_options
+from virtualcard.harness import Harness, HarnessError, pcscd_argv, pcscd_options, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,6 +118,42 @@ def test_cli_up_that_fails_leaves_nothing_running_and_down_and_up_work(short_dir
     assert f"PCSCLITE_CSOCK_NAME={state / 'run' / 'root' / 'pcscd' / 'pcscd.comm'}" in up.stdout
     assert len(processes_naming(str(state))) == 2  # pcscd and the card
     assert virtualcard("down", str(state)).returncode == 0
+    assert processes_naming(str(state)) == []
+
+
+def test_down_stops_what_a_killed_up_left(short_dir: Path) -> None:
+    """`up` killed while it waits for the readers: the state file already names pcscd."""
+    needs_stack()
+    state = short_dir / "card"
+    blind = short_dir / "bin"
+    blind.mkdir()
+    (blind / "opensc-tool").write_text("#!/bin/sh\necho 'No smart card readers found.'\n")
+    (blind / "opensc-tool").chmod(0o755)
+    env = {**os.environ, "PATH": f"{blind}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.pop("PCSCLITE_CSOCK_NAME", None)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "virtualcard.cli", "up", str(state), "--timeout", "600"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        saved = state / "run" / "harness.json"
+        deadline = time.monotonic() + 120
+        while not (saved.exists() and Harness.load(state / "run").pcscd_pid):
+            assert up.poll() is None, f"virtualcard up exited ({up.returncode}) before starting pcscd"
+            assert time.monotonic() < deadline, "virtualcard up never recorded its pcscd"
+            time.sleep(0.05)
+        pcscd = Harness.load(state / "run").pcscd_pid
+        assert pid_alive(pcscd, "pcscd")
+    finally:
+        up.kill()
+        up.wait()
+    assert pid_alive(pcscd, "pcscd")  # what `up` left behind
+    down = virtualcard("down", str(state))
+    assert down.returncode == 0, down
+    assert not pid_alive(pcscd, "pcscd")
     assert processes_naming(str(state)) == []
 
 
