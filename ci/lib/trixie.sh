@@ -4,7 +4,8 @@
 #
 # Source it from bash (`. ci/lib/trixie.sh`) or run it as a command (see the end of the file):
 #
-#   trixie_root                 the root to use: "/" on a Debian 13 host, else the cached chroot
+#   trixie_root                 the root to use: $SC4DNSSEC_TRIXIE_CHROOT when set (a root the caller
+#                               made, e.g. an overlay), else "/" on a Debian 13 host, else the cached chroot
 #   trixie_mirror               the Debian mirror URI read from this machine's apt sources
 #   trixie_mount ROOT [DIR...]  mount proc, dev, dev/pts and bind DIRs (same path inside) into ROOT
 #   trixie_umount ROOT          unmount everything below ROOT (deepest first)
@@ -143,7 +144,10 @@ trixie_packages() {
 }
 
 trixie_root() {
-    if trixie_host_is_trixie; then
+    if [[ -n ${SC4DNSSEC_TRIXIE_CHROOT:-} ]]; then
+        # A root the caller made from a complete one (tests/package's throwaway overlays), on any host
+        printf '%s\n' "$SC4DNSSEC_TRIXIE_CHROOT"
+    elif trixie_host_is_trixie; then
         printf '/\n'
     else
         printf '%s\n' "${SC4DNSSEC_TRIXIE_ROOT:-$SC4_TRIXIE_DEFAULT_ROOT}"
@@ -313,7 +317,7 @@ _in_root_argv() {
         SC4_IN_ROOT_ARGV=("${base[@]}")
         return
     fi
-    trixie_root_complete "$root" \
+    [[ -n ${SC4DNSSEC_TRIXIE_CHROOT:-} ]] || trixie_root_complete "$root" \
         || sc4_die "the Debian 13 root $root is missing or incomplete: run ci/debian13-root"
     # A private mount namespace: the mounts disappear with the command, whatever happens to it.
     # The root is bind-mounted onto itself first, so that "/" in the chroot is a mount point and

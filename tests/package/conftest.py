@@ -41,10 +41,10 @@ def fail_missing(e: Exception) -> None:
 
 
 class Overlay(Trixie):
-    """A Debian 13 root of our own: ci/lib/trixie.sh runs commands in it (SC4DNSSEC_TRIXIE_ROOT)."""
+    """A Debian 13 root of our own: ci/lib/trixie.sh runs commands in it (SC4DNSSEC_TRIXIE_CHROOT)."""
 
     def argv(self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
-        return ["env", f"SC4DNSSEC_TRIXIE_ROOT={self.root}", *super().argv(cmd, env, cwd)]
+        return ["env", f"SC4DNSSEC_TRIXIE_CHROOT={self.root}", *super().argv(cmd, env, cwd)]
 
     def as_user(self, user: str, cmd: Sequence[str | os.PathLike[str]]) -> list[str]:
         """CMD run as USER, keeping the environment the caller gives (as systemd's User= would)."""
@@ -81,12 +81,9 @@ def _private_mount_namespace() -> None:
 @pytest.fixture(scope="session")
 def shared_root() -> Trixie:
     try:
+        # On a Debian 13 host the shared root is "/" itself: the overlays then lie over the host's
+        # own root filesystem, so nothing is installed on the host either.
         root = Trixie.ensure()
-        if not root.chrooted:
-            raise Missing(
-                "on a Debian 13 host ci/lib/trixie.sh runs commands on the host itself, and the package "
-                "tests would install into it: they need a debootstrapped root to overlay"
-            )
         _private_mount_namespace()
     except Missing as e:
         fail_missing(e)
@@ -126,11 +123,16 @@ def _mount_overlay(lower: str, base: Path) -> Path:
 def overlay_root(shared_root: Trixie) -> Iterator[Overlay]:
     """A throwaway copy-on-write Debian 13 root, without the package."""
     base = Path(tempfile.mkdtemp(prefix="sc4pkg-root-"))
+    if shared_root.root == "/":
+        # The upper layer may not lie inside the lower one: over "/" it lives on a tmpfs of its own.
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "sc4pkg", str(base)], check=True)
     merged = _mount_overlay(shared_root.root, base)
     try:
         yield Overlay(str(merged))
     finally:
         subprocess.run(["umount", "-l", str(merged)], capture_output=True)
+        if shared_root.root == "/":
+            subprocess.run(["umount", "-l", str(base)], capture_output=True)
         subprocess.run(["rm", "-rf", "--one-file-system", str(base)], capture_output=True)
 
 
