@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from virtualcard.pytest_plugin import make_softhsm
 
-        hsm = make_softhsm(work / "softhsm", cardlike=False)
+        hsm = make_softhsm(work / "softhsm")
         exe = driver.build(work)
         w = ways(hsm.module, hsm.env, work, "softhsm")
 

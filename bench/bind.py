@@ -1,22 +1,21 @@
 """(2) BIND end to end: dnssec-signzone (BIND 9.20 + pkcs11-provider, the Debian 13 root) over
 SoftHSM directly (LD_PRELOAD, see consumers-bind920.md) and through the shim installed in the root.
 
-Driven like tests/bind does (ci/lib/trixie.sh via tests.bind.trixie): the shim is built in a venv
+Driven like tests/bind does (ci/lib/trixie.sh via sc4testkit.trixie): the shim is built in a venv
 inside the root, the token and zones live in a work directory bind-mounted at the same path.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.stats import interleaved, median
-from tests.bind.trixie import REPO, Trixie
+from sc4testkit.tokens import SOFTHSM_CARDLIKE
+from sc4testkit.trixie import Trixie, install_shim
 
 PIN, SO_PIN, TOKEN, LABEL, ORIGIN = "1234", "5678", "sc4bench", "ecc256key", "bench.test"
-CARD_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
 
 
 def write_zone(path: Path, names: int) -> None:
@@ -39,31 +38,20 @@ class Setup:
     versions: dict[str, str] = field(default_factory=dict)
 
 
-def _copy_source(dest: Path) -> None:
-    ignore = shutil.ignore_patterns(".git", ".tox", ".venv", ".ci-venv", "build", "dist", "*.egg-info",
-                                    "__pycache__", "*.so", ".pytest_cache", ".mypy_cache", ".ruff_cache")
-    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
-
-
 def setup(work: Path) -> Setup:
     work.mkdir(parents=True, exist_ok=True)
     t = Trixie.ensure(binds=[str(work)])
-    src, venv = work / "src", work / "venv"
-    _copy_source(src)
-    for step in (["python3", "-m", "venv", "--system-site-packages", str(venv)],
-                 [str(venv / "bin" / "pip"), "install", "--no-index", "--no-build-isolation", "--quiet", str(src)]):
-        t.run(step, env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=900)
-    cli = str(venv / "bin" / "sc4dnssec")
-    module = t.run([cli, "module-path"]).stdout.strip()
+    installed = install_shim(t, work)
+    cli, module = installed.cli, installed.module
     softhsm = t.find_lib("libsofthsm2.so")
     tokens = work / "tokens"
     tokens.mkdir()
     conf = work / "softhsm2.conf"
-    # A card's mechanism set (consumers-bind920.md): pkcs11-provider then signs with raw CKM_ECDSA,
-    # C_SignInit + C_Sign + C_GetSessionInfo x2 per signature, as it does on a real card.  With all of
-    # SoftHSM's mechanisms it would use CKM_ECDSA_SHA256 with C_SignUpdate x5 + C_GetOperationState.
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
-                    f"slots.mechanisms = {CARD_MECHANISMS}\n")
+    # A card's mechanism set (the softhsm-cardlike token kind, without the shim's mask: the shim
+    # forwards every call): pkcs11-provider then signs with raw CKM_ECDSA, C_SignInit + C_Sign +
+    # C_GetSessionInfo x2 per signature, as it does on a real card.  With all of SoftHSM's
+    # mechanisms it would use CKM_ECDSA_SHA256 with C_SignUpdate x5 + C_GetOperationState.
+    conf.write_text(SOFTHSM_CARDLIKE.softhsm_conf(str(tokens)))
     hsm = {"SOFTHSM2_CONF": str(conf)}
     t.run(["softhsm2-util", "--init-token", "--free", "--label", TOKEN, "--pin", PIN, "--so-pin", SO_PIN], env=hsm)
     t.run(["pkcs11-tool", "--module", softhsm, "--token-label", TOKEN, "--login", "--pin", PIN, "--keypairgen",

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from conformance import matrix
 from conformance.client import Worker
 from conformance.replay import discover
-from shim.config import dumps as config_dumps
+from sc4testkit.shimenv import shim_environment
 from shim.locate import module_path
 
 HERE = Path(__file__).resolve().parent
@@ -39,13 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def shim_audit(card: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    d = tmp_path_factory.mktemp("conformance-shim")
-    conf = d / "sc4dnssec.toml"
-    conf.write_text(config_dumps(card.shim_conf))
-    audit = d / "audit.jsonl"
-    env = dict(os.environ, **card.env, SC4DNSSEC_BACKEND=card.module, SC4DNSSEC_AUDIT_LOG=str(audit),
-               SC4DNSSEC_CONF=str(conf))
-    return env, audit
+    return shim_environment(tmp_path_factory.mktemp("conformance-shim"), card.module, card.env, card.shim_conf)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CARDS = ("softhsm", "softhsm-cardlike", "virtual", "opensc")
+from sc4testkit.tokens import KINDS
 
 
 def write_results(directory: Path, card: str, results: dict[str, dict[str, Any]]) -> Path:
@@ -21,7 +21,7 @@ def load_all(directory: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def render(all_results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    cards = [c for c in CARDS if c in all_results] + sorted(set(all_results) - set(CARDS))
+    cards = [c for c in KINDS if c in all_results] + sorted(set(all_results) - set(KINDS))
     rows = sorted({name for r in all_results.values() for name in r})
     lines = ["| sequence | " + " | ".join(cards) + " |", "|---" * (len(cards) + 1) + "|"]
     for name in rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sc4testkit import ulong
 from shim.constants import CKA, CKK, CKM, CKO, CKR, CKU
 
 ULONG_ATTRS = {CKA.CLASS, CKA.KEY_TYPE, CKA.MODULUS_BITS, CKA.VALUE_LEN, CKA.KEY_GEN_MECHANISM,
@@ -31,10 +32,6 @@ def const(name: str | int) -> int:
     if rest.startswith("0x"):
         return int(rest, 16)
     return int(enum[rest])
-
-
-def ulong(v: int) -> bytes:
-    return int(v).to_bytes(8, "little")
 
 
 def placeholder(value: Any) -> str | None:
@@ -66,7 +63,7 @@ def encode_attr(atype: int, value: Any, bindings: dict[str, Any]) -> bytes | Non
     if isinstance(value, bool):
         return b"\x01" if value else b"\x00"
     if isinstance(value, int):
-        return ulong(value)
+        return ulong.encode(value)
     n = sized(value)
     if n is not None:
         return bytes(n)
@@ -74,7 +71,7 @@ def encode_attr(atype: int, value: Any, bindings: dict[str, Any]) -> bytes | Non
     if value.startswith("hex:"):
         return bytes.fromhex(value[4:])
     if atype in ULONG_ATTRS:
-        return ulong(const(value))
+        return ulong.encode(const(value))
     if atype in HEX_ATTRS:
         return bytes.fromhex(value)
     return value.encode()

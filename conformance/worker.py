@@ -4,7 +4,7 @@ The module (the shim, or the card's own module for direct comparison) never live
 process: the shim embeds Python, and a crash must fail a test, not the session.  Protocol: one
 JSON object per line on stdin, one reply per line on stdout.
 
-Calls go through PyKCS11's low-level API; ``tests/rawp11.py`` (ctypes) covers what PyKCS11
+Calls go through PyKCS11's low-level API; ``sc4testkit/rawp11.py`` (ctypes) covers what PyKCS11
 cannot express: C_CopyObject, C_GetInterface, mechanism parameters (PowerDNS's uninitialised
 C_DigestInit parameter).  Both see the same dlopen'ed module, so handles are shared.
 """
@@ -17,17 +17,14 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import PyKCS11
 from PyKCS11 import LowLevel as L
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import rawp11  # noqa: E402
-
-from conformance.values import const, encode_attr, placeholder, sized  # noqa: E402
-from shim.constants import CKR  # noqa: E402
+from conformance.values import const, encode_attr, placeholder, sized
+from sc4testkit import rawp11
+from shim.constants import CKR
 
 _OUT_SYMBOLS = ("opened", "object", "copy", "publicKey", "privateKey")
 

@@ -19,7 +19,7 @@ class KeyInfo:
 
 @dataclass
 class CardInfo:
-    kind: str  # virtual | softhsm | softhsm-cardlike | opensc
+    kind: str  # a card kind of sc4testkit.tokens.TOKENS
     module: str  # the backend PKCS#11 module (opensc-pkcs11.so or libsofthsm2.so)
     pin: str
     token_label: str

@@ -1,4 +1,5 @@
-"""pytest plugin: ``--card=virtual|softhsm|softhsm-cardlike|opensc`` and the ``card`` fixture.
+"""pytest plugin: ``--card=KIND`` and the ``card`` fixture, over the token table
+(``sc4testkit/tokens.py``: what each kind is, its SoftHSM mechanisms and its shim mask).
 
 Enabled by the repository's root ``conftest.py`` (``pytest_plugins = ["virtualcard.pytest_plugin"]``).
 
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from sc4testkit.tokens import KINDS, OPENSC, SOFTHSM, TOKENS, VIRTUAL, TokenKind
+
 from .cardinfo import CardInfo, KeyInfo, discover_keys, find_module
 from .harness import Harness, HarnessError, opensc_module
 from .provision import provision_defaults
@@ -34,7 +37,6 @@ from .state import CardState
 
 __all__ = ["CardInfo", "KeyInfo", "VirtualCard"]
 
-KINDS = ("virtual", "softhsm", "softhsm-cardlike", "opensc")
 SOFTHSM_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -43,45 +45,6 @@ SOFTHSM_CANDIDATES = (
 SOFTHSM_LABEL = "sc4dnssec-test"
 TEST_PIN = "123456"
 SO_PIN = "12345678"
-CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
-# What cheap cards (seen through their PKCS#11 module) lack; the shim completes these.
-CARDLIKE_MASK_FUNCTIONS = [
-    "C_VerifyInit",
-    "C_Verify",
-    "C_VerifyUpdate",
-    "C_VerifyFinal",
-    "C_VerifyRecoverInit",
-    "C_VerifyRecover",
-    "C_CreateObject",
-    "C_CopyObject",
-    "C_DigestInit",
-    "C_Digest",
-    "C_DigestUpdate",
-    "C_DigestKey",
-    "C_DigestFinal",
-    "C_GenerateRandom",
-    "C_SeedRandom",
-    "C_GetOperationState",
-    "C_SetOperationState",
-    "C_SignUpdate",
-    "C_SignFinal",
-]
-# Hash-and-sign and digest mechanisms: already absent via slots.mechanisms, masked again so
-# the shim's view matches even if a SoftHSM build ignores that setting.
-CARDLIKE_MASK_MECHANISMS = [
-    "CKM_SHA_1",
-    "CKM_SHA256",
-    "CKM_SHA384",
-    "CKM_SHA512",
-    "CKM_ECDSA_SHA1",
-    "CKM_ECDSA_SHA256",
-    "CKM_ECDSA_SHA384",
-    "CKM_ECDSA_SHA512",
-    "CKM_SHA1_RSA_PKCS",
-    "CKM_SHA256_RSA_PKCS",
-    "CKM_SHA384_RSA_PKCS",
-    "CKM_SHA512_RSA_PKCS",
-]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -122,21 +85,15 @@ def softhsm_module() -> str:
     raise FileNotFoundError("libsofthsm2.so not found (apt install softhsm2 or set SOFTHSM2_MODULE)")
 
 
-def make_softhsm(directory: Path, cardlike: bool) -> CardInfo:
-    """A fresh token with an EC P-256 (ecc256key, id 01) and an RSA-2048 (rsa2048key, id 02) pair."""
+def make_softhsm(directory: Path, kind: TokenKind = SOFTHSM) -> CardInfo:
+    """A fresh SoftHSM token of ``kind`` with an EC P-256 (ecc256key, id 01) and an RSA-2048
+    (rsa2048key, id 02) pair."""
+    assert kind.source == "softhsm", kind
     module = softhsm_module()
     tokens = directory / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     conf = directory / "softhsm2.conf"
-    lines = [
-        f"directories.tokendir = {tokens}",
-        "objectstore.backend = file",
-        "log.level = ERROR",
-        "slots.removable = false",
-    ]
-    if cardlike:
-        lines.append(f"slots.mechanisms = {CARDLIKE_MECHANISMS}")
-    conf.write_text("\n".join(lines) + "\n")
+    conf.write_text(kind.softhsm_conf(str(tokens), "slots.removable = false"))
     env = {"SOFTHSM2_CONF": str(conf)}
     full = {**os.environ, **env}
     subprocess.run(
@@ -182,21 +139,16 @@ def make_softhsm(directory: Path, cardlike: bool) -> CardInfo:
             check=True,
             capture_output=True,
         )
-    shim_conf: dict = {}  # type: ignore[type-arg]
-    if cardlike:
-        shim_conf = {
-            "mask": {"functions": list(CARDLIKE_MASK_FUNCTIONS), "mechanisms": list(CARDLIKE_MASK_MECHANISMS)}
-        }
     return CardInfo(
-        kind="softhsm-cardlike" if cardlike else "softhsm",
+        kind=kind.name,
         module=module,
         pin=TEST_PIN,
         token_label=SOFTHSM_LABEL,
         keys=keys,
         env=env,
-        shim_conf=shim_conf,
-        writable=not cardlike,
-        can_generate=True,
+        shim_conf=kind.shim_conf(),
+        writable=kind.writable,
+        can_generate=kind.can_generate,
     )
 
 
@@ -249,14 +201,15 @@ def start_virtual_card(
                 raise
             time.sleep(0.1)
     info = CardInfo(
-        kind="virtual",
+        kind=VIRTUAL.name,
         module=module,
         pin=state.counters.pin,
         token_label=label,
         keys=keys,
         env=dict(harness.env),
-        writable=False,
-        can_generate=False,
+        shim_conf=VIRTUAL.shim_conf(),
+        writable=VIRTUAL.writable,
+        can_generate=VIRTUAL.can_generate,
         reader=reader,
     )
     return VirtualCard(harness, proc.reader, state_dir, info)
@@ -277,7 +230,7 @@ def virtual_harness(card_kind: str) -> Iterator[Harness]:
     Its PCSCLITE_CSOCK_NAME goes into os.environ for the session (pcsc-lite reads it once per
     process), so in-process PyKCS11 over opensc-pkcs11.so sees these readers.
     """
-    if card_kind == "opensc":
+    if TOKENS[card_kind].source == "reader":
         # pcsc-lite picks its socket once per process: the real reader's pcscd wins
         pytest.skip("virtual cards are not started with --card=opensc (one pcscd per process)")
     if os.environ.get("PCSCLITE_CSOCK_NAME") and "vcard-" not in os.environ["PCSCLITE_CSOCK_NAME"]:
@@ -308,9 +261,10 @@ def card(
 ) -> Iterator[CardInfo]:
     """The card under test, described by a :class:`CardInfo`; its env is in os.environ meanwhile."""
     info: CardInfo
-    if card_kind in ("softhsm", "softhsm-cardlike"):
-        info = make_softhsm(tmp_path_factory.mktemp("softhsm"), card_kind == "softhsm-cardlike")
-    elif card_kind == "virtual":
+    kind = TOKENS[card_kind]
+    if kind.source == "softhsm":
+        info = make_softhsm(tmp_path_factory.mktemp("softhsm"), kind)
+    elif kind.source == "virtual":
         h = request.getfixturevalue("virtual_harness")
         vc = start_virtual_card(
             h,
@@ -319,7 +273,7 @@ def card(
         )
         info = vc.info
     else:
-        info = real_card(str(request.config.getoption("--card-pin")))
+        info = real_card(str(request.config.getoption("--card-pin")), kind)
     saved = {k: os.environ.get(k) for k in info.env}
     os.environ.update(info.env)
     try:
@@ -332,7 +286,7 @@ def card(
                 os.environ[k] = v
 
 
-def real_card(pin: str) -> CardInfo:
+def real_card(pin: str, kind: TokenKind = OPENSC) -> CardInfo:
     if shutil.which("opensc-tool") is None:
         pytest.skip("--card=opensc: opensc-tool not installed")
     out = subprocess.run(["opensc-tool", "-l"], capture_output=True, text=True, timeout=30).stdout
@@ -347,14 +301,15 @@ def real_card(pin: str) -> CardInfo:
     if missing:
         pytest.skip(f"--card=opensc: the card has no {'/'.join(sorted(missing))} key with a certificate")
     return CardInfo(
-        kind="opensc",
+        kind=kind.name,
         module=module,
         pin=pin,
         token_label=label,
         keys=keys,
         env={},
-        writable=False,
-        can_generate=False,
+        shim_conf=kind.shim_conf(),
+        writable=kind.writable,
+        can_generate=kind.can_generate,
         reader=reader,
     )
 
@@ -362,7 +317,7 @@ def real_card(pin: str) -> CardInfo:
 @pytest.fixture
 def card_destructive(request: pytest.FixtureRequest, card: CardInfo) -> CardInfo:
     """The card, for tests that change it: refused on a real card without --card-destructive."""
-    if card.kind == "opensc" and not request.config.getoption("--card-destructive"):
+    if TOKENS[card.kind].source == "reader" and not request.config.getoption("--card-destructive"):
         pytest.skip("changes the real card: pass --card-destructive")
     return card
 

@@ -3,9 +3,9 @@
 A *signer* is a token with an EC P-256 and an RSA-2048 key pair that BIND reaches through
 pkcs11-provider, on one backend:
 
-- ``softhsm-cardlike``: SoftHSM through the shim, masked to a card's function set (SoftHSM
-  ``slots.mechanisms`` limited to raw ECDSA/RSA-PKCS and the two key-pair generators; the shim's
-  ``[mask] functions`` hiding Verify, CreateObject/CopyObject, Digest and Random).
+- ``softhsm-cardlike``: SoftHSM through the shim, masked to a card's function set: the
+  ``softhsm-cardlike`` kind of the token table (sc4testkit/tokens.py), its SoftHSM
+  ``slots.mechanisms`` and its shim ``[mask]``.
 - ``piv``: the virtual PIV card (pcscd + vpcd + our Python card) through OpenSC and the shim.
 - ``softhsm-direct`` / ``piv-direct``: the same tokens without the shim (the module preloaded with
   LD_PRELOAD, per consumers-bind920.md) — the baselines that tell a shim failure from a harness or
@@ -30,30 +30,15 @@ from urllib.parse import quote
 
 import pytest
 
-from .trixie import REPO, Missing, Trixie
+from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE
+from sc4testkit.trixie import Missing, Shim, Trixie, install_shim
+from shim.config import dumps as config_dumps
 
 SOFTHSM_PIN = "1234"
 SOFTHSM_SO_PIN = "5678"
 SOFTHSM_TOKEN = "sc4bind"
 EC_LABEL, EC_ID = "ecc256key", "01"
 RSA_LABEL, RSA_ID = "rsa2048key", "02"
-
-# What a smartcard lacks, hidden by the shim for the "cardlike" SoftHSM backend (issue 5).
-CARDLIKE_MASK = [
-    "C_Verify",
-    "C_VerifyInit",
-    "C_VerifyUpdate",
-    "C_VerifyFinal",
-    "C_CreateObject",
-    "C_CopyObject",
-    "C_DigestInit",
-    "C_Digest",
-    "C_DigestUpdate",
-    "C_DigestFinal",
-    "C_GenerateRandom",
-    "C_SeedRandom",
-]
-CARDLIKE_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
 
 BACKENDS = ["softhsm-cardlike", "piv", "softhsm-direct", "piv-direct"]
 
@@ -91,56 +76,17 @@ def trixie(tmp_path_factory: pytest.TempPathFactory) -> Trixie:
         raise
 
 
-@dataclass
-class Shim:
-    venv: str
-    module: str
-    cli: str
-
-
-def _copy_source(dest: Path) -> None:
-    ignore = shutil.ignore_patterns(
-        ".git",
-        ".tox",
-        ".venv",
-        "build",
-        "dist",
-        "*.egg-info",
-        "__pycache__",
-        "*.so",
-        ".pytest_cache",
-        ".mypy_cache",
-        ".ruff_cache",
-    )
-    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
-
-
 @pytest.fixture(scope="session")
 def shim(trixie: Trixie, tmp_path_factory: pytest.TempPathFactory) -> Shim:
-    """The shim built and installed inside the root: a venv over Debian's cffi/cryptography/setuptools.
-
-    One venv per test session (inside pytest's temp dir, shared into the root) so concurrent runs and
-    the cached root never see each other's builds."""
-    base = tmp_path_factory.mktemp("shim")
-    src, venv = base / "src", base / "venv"
-    _copy_source(src)
+    """The shim built and installed inside the root (sc4testkit.trixie.install_shim), once per session."""
     start = time.monotonic()
-    for step in (
-        ["python3", "-m", "venv", "--system-site-packages", venv],
-        [venv / "bin" / "pip", "install", "--no-index", "--no-build-isolation", "--quiet", src],
-    ):
-        res = trixie.run(step, env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=900, check=False)
-        if res.returncode != 0:
-            fail_missing(Missing(f"the shim does not build/install in the Debian 13 root:\n{res.explain()}"))
-    cli = str(venv / "bin" / "sc4dnssec")
-    res = trixie.run([cli, "module-path"], check=False)
-    if res.returncode != 0:
-        fail_missing(Missing(f"`sc4dnssec module-path` fails in the Debian 13 root:\n{res.explain()}"))
-    module = res.stdout.strip()
-    if trixie.run(["test", "-f", module], check=False).returncode != 0:
-        fail_missing(Missing(f"`sc4dnssec module-path` names {module}, which does not exist"))
+    try:
+        installed = install_shim(trixie, tmp_path_factory.mktemp("shim"))
+    except Missing as e:
+        fail_missing(e)
+        raise
     record_time("(session)", "shim build+install in the root", time.monotonic() - start)
-    return Shim(str(venv), module, cli)
+    return installed
 
 
 @dataclass
@@ -209,10 +155,7 @@ def _softhsm_token(trixie: Trixie, work: Path, cardlike: bool) -> tuple[str, dic
     tokens = work / "tokens"
     tokens.mkdir()
     conf = work / "softhsm2.conf"
-    lines = [f"directories.tokendir = {tokens}", "objectstore.backend = file", "log.level = ERROR"]
-    if cardlike:
-        lines.append(f"slots.mechanisms = {CARDLIKE_MECHANISMS}")
-    conf.write_text("\n".join(lines) + "\n")
+    conf.write_text((SOFTHSM_CARDLIKE if cardlike else SOFTHSM).softhsm_conf(str(tokens)))
     env = {"SOFTHSM2_CONF": str(conf)}
     trixie.run(
         [
@@ -265,7 +208,7 @@ def _make_softhsm(name: str, trixie: Trixie, work: Path, shim: Shim | None) -> S
         sign_env = {**env, "OPENSSL_CONF": str(cnf), "LD_PRELOAD": softhsm}
         return Signer(name, trixie, work, SOFTHSM_TOKEN, pin_file, *selects, sign_env, env, softhsm, True)
     conf = work / "cardlike.toml"
-    conf.write_text("[mask]\nfunctions = [\n" + "".join(f'    "{f}",\n' for f in CARDLIKE_MASK) + "]\n")
+    conf.write_text(config_dumps(SOFTHSM_CARDLIKE.shim_conf()))
     audit_log = work / "audit.jsonl"
     cnf = _openssl_cnf(trixie, work, shim.module)
     sign_env = {

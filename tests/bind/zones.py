@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .trixie import Trixie, stop
+from sc4testkit.trixie import Trixie, stop
 
 
 def write_zone(path: Path, origin: str, names: int = 300) -> None:

@@ -5,14 +5,10 @@ not collide with tests/shim/conftest.py when both directories are collected."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 # Shared client prelude: open a session, log in, find keys by label.
-CLIENT = f"""
-import sys, ctypes
-sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-import rawp11
-""" + """
+CLIENT = """
+import ctypes
+from sc4testkit import rawp11
 import PyKCS11
 from PyKCS11 import *
 lib = PyKCS11.PyKCS11Lib(); lib.load(MODULE)

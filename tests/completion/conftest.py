@@ -1,11 +1,12 @@
 """A SoftHSM token masked to a card's function set, and the shim in front of it.
 
-SoftHSM offers only raw CKM_ECDSA, CKM_RSA_PKCS and the two key-pair generators
-(``slots.mechanisms``); the shim's ``[mask] functions`` hides what cards lack:
-Verify, CreateObject/CopyObject, Digest, Random, operation state and multi-part
-signing.  Keys are made in software and imported, so every result can be
-checked against the known public keys.  Key ``rsa-nopub`` has no public key
-object on the token (the shim must present one).
+The token is the ``softhsm-cardlike`` kind of the token table (sc4testkit/tokens.py): SoftHSM
+offers only raw CKM_ECDSA, CKM_RSA_PKCS and the two key-pair generators
+(``slots.mechanisms``); the shim's ``[mask]`` hides what cards lack: Verify, CreateObject/
+CopyObject, Digest, Random, operation state and multi-part signing.  Unlike the plugin's
+token, keys are made in software and imported (before the mask applies), so every result can
+be checked against the known public keys.  Key ``rsa-nopub`` has no public key object on the
+token (the shim must present one).
 """
 
 from __future__ import annotations
@@ -24,17 +25,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shim.config import dumps as config_dumps
+from sc4testkit.shimenv import ShimProcesses, shim_environment
+from sc4testkit.tokens import SOFTHSM_CARDLIKE
 from shim.locate import module_path
 from virtualcard.pytest_plugin import softhsm_module
 
 SOFTHSM = softhsm_module()
 PIN = "1234"
 TOKEN = "completion"
-CARD_MECHANISMS = "CKM_ECDSA,CKM_RSA_PKCS,CKM_EC_KEY_PAIR_GEN,CKM_RSA_PKCS_KEY_PAIR_GEN"
-MASKED = ["C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal", "C_CreateObject", "C_CopyObject",
-          "C_DigestInit", "C_Digest", "C_DigestUpdate", "C_DigestFinal", "C_DigestKey", "C_GenerateRandom",
-          "C_SeedRandom", "C_GetOperationState", "C_SetOperationState", "C_SignUpdate", "C_SignFinal"]
 
 
 @dataclass
@@ -102,8 +100,7 @@ def masked_token(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, st
     root = tmp_path_factory.mktemp("softhsm")
     (root / "tokens").mkdir()
     conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-                    f"slots.removable = false\nslots.mechanisms = {CARD_MECHANISMS}\n")
+    conf.write_text(SOFTHSM_CARDLIKE.softhsm_conf(str(root / "tokens"), "slots.removable = false"))
     env = dict(os.environ, SOFTHSM2_CONF=str(conf))
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", TOKEN, "--pin", PIN, "--so-pin", "5678"],
                    env=env, check=True, capture_output=True)
@@ -124,19 +121,8 @@ def masked_token(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, st
 
 
 @dataclass
-class Completion:
-    module: str
-    env: dict[str, str]
-    audit_log: Path
+class Completion(ShimProcesses):
     keys: Keys
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.audit_log.exists():
-            return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
-
-    def calls(self, fn: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("kind") == "call" and (fn is None or r.get("fn") == fn)]
 
     def run_python(self, code: str, *, direct: bool = False, timeout: float = 120) -> Any:
         """Run ``code`` (PyKCS11 client; MODULE, PIN, out() given) and return what it passed to out()."""
@@ -150,21 +136,12 @@ class Completion:
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@"))
         return json.loads(line[len("@@RESULT@@"):])
 
-    def run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=300)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{argv[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
 
 def make_completion(masked_token: tuple[dict[str, str], Keys], tmp_path: Path,
                     extra: dict[str, Any] | None = None) -> Completion:
     token_env, keys = masked_token
-    conf = {"mask": {"functions": MASKED}, **(extra or {})}
-    (tmp_path / "sc4dnssec.toml").write_text(config_dumps(conf))
-    env = dict(os.environ, **token_env, SC4DNSSEC_BACKEND=SOFTHSM, SC4DNSSEC_AUDIT_LOG=str(tmp_path / "audit.jsonl"),
-               SC4DNSSEC_CONF=str(tmp_path / "sc4dnssec.toml"))
-    return Completion(module_path(), env, tmp_path / "audit.jsonl", keys)
+    env, audit = shim_environment(tmp_path, SOFTHSM, token_env, {**SOFTHSM_CARDLIKE.shim_conf(), **(extra or {})})
+    return Completion(module_path(), env, audit, keys)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from virtualcard.pytest_plugin import make_softhsm
 def token(tmp_path_factory: pytest.TempPathFactory) -> Token:
     """A SoftHSM token with an EC P-256 (id 01) and an RSA-2048 (id 02) key pair."""
     root = tmp_path_factory.mktemp("rel-softhsm")
-    return Token(make_softhsm(root, cardlike=False), root)
+    return Token(make_softhsm(root), root)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from sc4testkit import ulong
 from shim.constants import CKA, CKM, CKO
 from shim.functions import FUNCTIONS, FunctionSpec
 
@@ -36,17 +37,13 @@ ULONG_VALUES = [0, 1, 2, 3, 4, 16, 32, 512, 1024, 0x80000000, 2**64 - 1]
 P256 = bytes.fromhex("06082a8648ce3d030107")
 
 
-def _ulong(v: int) -> bytes:
-    return v.to_bytes(8, "little")
-
-
 @st.composite
 def attr_value(draw: Any, atype: int) -> bytes:
     if atype in (CKA.MODULUS_BITS, CKA.VALUE_LEN):  # bounded: a 16384-bit keygen would take minutes
-        return _ulong(draw(st.sampled_from([0, 1, 16, 32, 512, 1024, 2**20, 2**64 - 1])))
+        return ulong.encode(draw(st.sampled_from([0, 1, 16, 32, 512, 1024, 2**20, 2**64 - 1])))
     return draw(st.one_of(
-        st.sampled_from([_ulong(v) for v in ULONG_VALUES] + [b"\x01", b"\x00", b"\x02", P256,
-                                                           _ulong(int(CKO.SECRET_KEY))]),
+        st.sampled_from([ulong.encode(v) for v in ULONG_VALUES] + [b"\x01", b"\x00", b"\x02", P256,
+                                                           ulong.encode(int(CKO.SECRET_KEY))]),
         st.binary(max_size=40)))
 
 
@@ -76,7 +73,8 @@ def mechanism(draw: Any) -> list[Any]:
     mtype = draw(MECH_TYPE)
     if mtype in POINTER_PARAMS or draw(st.booleans()):
         return ["mech", mtype, ["null", draw(st.sampled_from([0, 0, 8, 24, *HUGE]))]]
-    raw = draw(st.one_of(st.binary(max_size=48), st.sampled_from([b"\0" * 16, _ulong(0x250) + _ulong(2) + _ulong(32)])))
+    pss = b"".join(map(ulong.encode, (0x250, 2, 32)))  # a CK_RSA_PKCS_PSS_PARAMS
+    raw = draw(st.one_of(st.binary(max_size=48), st.sampled_from([b"\0" * 16, pss])))
     return ["mech", mtype, ["bytes", raw.hex(), draw(st.integers(0, len(raw)))]]
 
 

@@ -31,10 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for rawp11
-import rawp11  # noqa: E402
-
-from shim.functions import BY_NAME  # noqa: E402
+from sc4testkit import rawp11
+from shim.functions import BY_NAME
 
 ULONG = ctypes.c_ulong
 NOTIFY = ctypes.CFUNCTYPE(ULONG, ULONG, ULONG, ctypes.c_void_p)

@@ -158,7 +158,8 @@ def test_missing_backend_gives_a_clear_error_not_a_crash(shim_env):
 
 
 RAW_INIT_RULES = """
-import ctypes, json, rawp11
+import ctypes, json
+from sc4testkit import rawp11
 lib, fl = rawp11.load(MODULE)
 res = {}
 res["before_init"] = fl.C_GetSlotList(0, None, ctypes.byref(ctypes.c_ulong()))
@@ -242,7 +243,8 @@ def test_broken_config_refuses_initialisation_and_says_why(shim_env, tmp_path):
 
 
 FAIL_CLOSED_SIGN = """
-import ctypes, json, os, resource, signal, rawp11
+import ctypes, json, os, resource, signal
+from sc4testkit import rawp11
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 lib, fl = rawp11.load(MODULE)
 assert fl.C_Initialize(None) == 0

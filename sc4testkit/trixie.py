@@ -1,5 +1,8 @@
 """Host-side driver for the Debian 13 root that runs stock BIND 9.20 + pkcs11-provider.
 
+Shared by the BIND tests (tests/bind) and the BIND benchmark (bench/bind.py): the root itself
+(:class:`Trixie`) and the shim built and installed in it (:func:`install_shim`).
+
 Every command goes through ``ci/lib/trixie.sh run``: a private mount namespace per command (so no
 mount outlives it), the given directories bind-mounted at the same path inside the root, and an
 environment that is exactly what the caller passes (OPENSSL_CONF is scoped to the signing
@@ -17,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout: ci/ scripts and the source to install
 TRIXIE_SH = REPO / "ci" / "lib" / "trixie.sh"
 DEBIAN13_ROOT = REPO / "ci" / "debian13-root"
 
@@ -158,3 +161,42 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
             proc.kill()
             proc.wait(timeout)
     return proc.returncode
+
+
+@dataclass
+class Shim:
+    """The shim installed in a venv inside the root."""
+
+    venv: str
+    module: str  # the PKCS#11 module, a path inside the root
+    cli: str  # sc4dnssec in that venv
+
+
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".tox", ".venv", ".ci-venv", "build", "dist", "*.egg-info",
+                                     "__pycache__", "*.so", ".pytest_cache", ".mypy_cache", ".ruff_cache")
+
+
+def install_shim(trixie: Trixie, base: Path) -> Shim:
+    """Copy the checkout to ``base/src`` and pip-install it into ``base/venv`` over Debian's
+    cffi/cryptography/setuptools (``base`` must be bind-mounted into the root).
+
+    A venv per caller, so concurrent runs and the cached root never see each other's builds.
+    Raises :class:`Missing` naming the step that failed."""
+    src, venv = base / "src", base / "venv"
+    shutil.copytree(REPO, src, ignore=_NOT_SOURCE, symlinks=True)
+    steps: list[list[str | os.PathLike[str]]] = [
+        ["python3", "-m", "venv", "--system-site-packages", venv],
+        [venv / "bin" / "pip", "install", "--no-index", "--no-build-isolation", "--quiet", src],
+    ]
+    for step in steps:
+        res = trixie.run(step, env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"}, timeout=900, check=False)
+        if res.returncode != 0:
+            raise Missing(f"the shim does not build/install in the Debian 13 root:\n{res.explain()}")
+    cli = str(venv / "bin" / "sc4dnssec")
+    res = trixie.run([cli, "module-path"], check=False)
+    if res.returncode != 0:
+        raise Missing(f"`sc4dnssec module-path` fails in the Debian 13 root:\n{res.explain()}")
+    module = res.stdout.strip()
+    if trixie.run(["test", "-f", module], check=False).returncode != 0:
+        raise Missing(f"`sc4dnssec module-path` names {module}, which does not exist")
+    return Shim(str(venv), module, cli)
