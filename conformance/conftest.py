@@ -15,6 +15,7 @@ from conformance import matrix
 from conformance.client import Worker
 from conformance.replay import discover
 from sc4testkit.shimenv import shim_environment
+from sc4testkit.tokens import TOKENS
 from shim.locate import module_path
 
 HERE = Path(__file__).resolve().parent
@@ -47,9 +48,11 @@ def bindings(card: Any) -> dict[str, Any]:
     """Slot, key labels/ids and public values, read from the card directly (not through the shim)."""
     w = Worker(card.module, dict(os.environ, **card.env), "direct")
     try:
-        return discover(w, card.token_label, card.pin, {k: (v.label, v.id) for k, v in card.keys.items()})
+        found = discover(w, card.token_label, card.pin, {k: (v.label, v.id) for k, v in card.keys.items()})
     finally:
         w.close()
+    found["card.module"] = TOKENS[card.kind].module  # whose named quirks the judge tolerates
+    return found
 
 
 @pytest.fixture(scope="session")

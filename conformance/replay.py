@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance import crypto
-from conformance.allowed_rv import violation
 from conformance.client import Worker
 from conformance.sequence import Sequence, Step, matches
 from conformance.values import const, placeholder
+from sc4testkit.quirks import violation
 from shim.constants import CKM, CKR, MechanismFlag, name_of
 
 DataGen = Callable[[int, str, int], bytes]  # (step index, fn, length) -> bytes
@@ -109,6 +109,9 @@ def _key_for(mechanism: int, keys: dict[str, Any]) -> Any:
 
 def judge(seq: Sequence, steps: list[dict[str, Any]], results: list[dict[str, Any]],
           bindings: dict[str, Any]) -> Outcome:
+    """Judge ``results`` of ``steps``; a CKR outside the spec is a problem unless it is a named
+    quirk of the card's module (``bindings["card.module"]``, see sc4testkit.quirks)."""
+    module = str(bindings.get("card.module", ""))
     keys = public_keys(bindings)
     generated: set[str] = set()
     ops: dict[tuple[str, Any], dict[str, Any]] = {}  # (ctx, session) -> active sign op
@@ -125,7 +128,7 @@ def judge(seq: Sequence, steps: list[dict[str, Any]], results: list[dict[str, An
             continue
         if not matches(s.expectation, rv):
             o.problems.append(f"expected {s.expectation}")
-        bad = violation(s.fn, rv)
+        bad = violation(s.fn, rv, module)
         if bad:
             o.problems.append(bad)
         out = res.get("out") or {}
