@@ -1,4 +1,4 @@
-"""CK_ULONG values as attribute bytes, for test code outside ``shim/``.
+"""CK_ULONG values as attribute bytes, for test code outside ``shim/`` (templates, mechanism parameters).
 
 PKCS#11 attribute values of type CK_ULONG are the C type's native bytes; on the LP64 hosts
 this project supports that is 8 bytes, host byte order.  The shim core has its own codec in
@@ -17,7 +17,3 @@ def encode(value: int) -> bytes:
     """The attribute bytes of CK_ULONG ``value``."""
     return int(value).to_bytes(SIZE, sys.byteorder)
 
-
-def decode(raw: bytes) -> int | None:
-    """The CK_ULONG in attribute bytes ``raw``; ``None`` when ``raw`` is not one CK_ULONG long."""
-    return int.from_bytes(raw, sys.byteorder) if len(raw) == SIZE else None
