@@ -18,7 +18,6 @@ from sc4testkit.shimenv import shim_environment
 from sc4testkit.tokens import TOKENS
 from shim.locate import module_path
 
-HERE = Path(__file__).resolve().parent
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=8, deadline=None, suppress_health_check=_SUPPRESS,
                           stateful_step_count=25)
@@ -33,9 +32,9 @@ RESULTS: dict[str, dict[str, Any]] = {}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("conformance")
-    g.addoption("--matrix", default=str(HERE / "MATRIX.md"), help="where the merged matrix is written")
-    g.addoption("--matrix-results", default=str(HERE / "results"),
-                help="directory of per-card result files merged into the matrix")
+    g.addoption("--conformance-out", default=str(matrix.DEFAULT_OUT),
+                help="where this run writes results/<card>.json and the merged MATRIX.md (never the "
+                     "committed matrix: `python -m conformance.matrix --refresh` updates that)")
 
 
 @pytest.fixture(scope="session")
@@ -102,10 +101,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if not RESULTS:
         return
     card = str(config.getoption("--card"))
-    results_dir = Path(str(config.getoption("--matrix-results")))
-    matrix.write_results(results_dir, card, RESULTS)
-    out = Path(str(config.getoption("--matrix")))
-    table = matrix.write_matrix(out, results_dir)
+    out_dir = Path(str(config.getoption("--conformance-out")))
+    matrix.write_results(out_dir / "results", card, RESULTS)
+    out = out_dir / "MATRIX.md"
+    table = matrix.write_matrix(out, out_dir / "results")
     terminalreporter.section("conformance matrix (consumer sequence x card)")
     terminalreporter.write(table)
     terminalreporter.write_line(f"written to {out}")
