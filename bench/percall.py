@@ -13,8 +13,6 @@ from bench.modules import Way
 from bench.stats import interleaved, median
 
 WAYS = ("direct", "spy", "shim")
-# PyKCS11's Session.sign is C_SignInit + C_Sign(size query) + C_Sign: 3 PKCS#11 calls.
-CALLS_PER_OP = {"sign": 3, "sessioninfo": 1}
 
 
 def pykcs11_sample(way: Way, pin: str, op: str, n: int, profile: Path | None = None) -> float:

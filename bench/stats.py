@@ -22,7 +22,3 @@ def interleaved(reps: int, cases: Sequence[K], sample: Callable[[K], float]) -> 
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
-
-def spread(xs: Sequence[float]) -> str:
-    """min–max of the samples, for the reader to judge the noise."""
-    return f"{min(xs):.4g}–{max(xs):.4g}"

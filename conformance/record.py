@@ -18,8 +18,6 @@ from typing import Any
 from conformance.sequence import Sequence, Step, dump, read_records
 
 _SESSION_OUT = "opened"
-_KEYED = ("CKA_LABEL", "CKA_ID")
-
 
 # Summary keys the shim adds for the auditor; they describe the shim's work, not the consumer's call.
 _INFORMATIONAL = frozenset({"src", "completion", "hashed_by", "objects_destroyed", "backend_shared",

@@ -75,14 +75,3 @@ def encode_attr(atype: int, value: Any, bindings: dict[str, Any]) -> bytes | Non
     if atype in HEX_ATTRS:
         return bytes.fromhex(value)
     return value.encode()
-
-
-def decode_attr(atype: int, raw: bytes) -> Any:
-    """The audit notation of a value (what the recorder would see)."""
-    if atype in ULONG_ATTRS and len(raw) == 8:
-        return int.from_bytes(raw, "little")
-    if len(raw) == 1 and atype not in HEX_ATTRS:
-        return bool(raw[0])
-    if atype == CKA.LABEL:
-        return raw.decode("utf-8", "replace")
-    return "hex:" + raw.hex()

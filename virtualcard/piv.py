@@ -52,26 +52,6 @@ YUBICO_VERSION = bytes([5, 4, 3])
 KEY_MGMT = 0x9B
 PIN_REF = 0x80
 PUK_REF = 0x81
-INS_NAMES = {
-    0xA4: "SELECT",
-    0xCB: "GET DATA",
-    0xDB: "PUT DATA",
-    0x20: "VERIFY",
-    0x24: "CHANGE REF",
-    0x2C: "RESET RETRY",
-    0x87: "GENERAL AUTH",
-    0x47: "GENERATE",
-    0xC0: "GET RESPONSE",
-    0xFD: "YK VERSION",
-    0xF8: "YK SERIAL",
-    0xFF: "YK SET MGMKEY",
-    0xFE: "YK IMPORT",
-    0xFB: "YK RESET",
-}
-
-
-def _pad_pin(pin: str) -> bytes:
-    return pin.encode().ljust(8, b"\xff")
 
 
 def _unpad_pin(data: bytes) -> str:

@@ -19,7 +19,6 @@ from shim.functions import FUNCTIONS, FunctionSpec
 
 HUGE = [2**32, 2**63, 2**64 - 1, 2**31 - 1, 0xFFFFFFFF]
 U = st.one_of(st.sampled_from([0, 1, 2, 3, 7, 0x80000000, *HUGE]), st.integers(0, 2**64 - 1))
-SMALL = st.integers(0, 96)
 
 # No RSA keygen beyond 1024 bits, no multi-megabyte lengths to allocate: fuzzing must stay fast.
 MECHS = [CKM[n] for n in ("ECDSA", "ECDSA_SHA256", "ECDSA_SHA384", "RSA_PKCS", "RSA_PKCS_PSS", "SHA256_RSA_PKCS",
