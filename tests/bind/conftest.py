@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE
+from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, TokenKind
 from sc4testkit.trixie import Missing, Shim, Trixie, install_shim
 from shim.config import dumps as config_dumps
 
@@ -40,7 +40,13 @@ SOFTHSM_TOKEN = "sc4bind"
 EC_LABEL, EC_ID = "ecc256key", "01"
 RSA_LABEL, RSA_ID = "rsa2048key", "02"
 
-BACKENDS = ["softhsm-cardlike", "piv", "softhsm-direct", "piv-direct"]
+# The signers: a token kind of the token table, through the shim or through its own module.
+BACKENDS: dict[str, tuple[TokenKind, bool]] = {
+    "softhsm-cardlike": (SOFTHSM_CARDLIKE, True),
+    "piv": (VIRTUAL, True),
+    "softhsm-direct": (SOFTHSM, False),
+    "piv-direct": (VIRTUAL, False),
+}
 
 TIMINGS: list[tuple[str, str, float]] = []
 
@@ -150,12 +156,12 @@ def _openssl_cnf(trixie: Trixie, work: Path, module: str) -> Path:
     return cnf
 
 
-def _softhsm_token(trixie: Trixie, work: Path, cardlike: bool) -> tuple[str, dict[str, str]]:
+def _softhsm_token(trixie: Trixie, work: Path, kind: TokenKind) -> tuple[str, dict[str, str]]:
     softhsm = trixie.find_lib("libsofthsm2.so")
     tokens = work / "tokens"
     tokens.mkdir()
     conf = work / "softhsm2.conf"
-    conf.write_text((SOFTHSM_CARDLIKE if cardlike else SOFTHSM).softhsm_conf(str(tokens)))
+    conf.write_text(kind.softhsm_conf(str(tokens)))
     env = {"SOFTHSM2_CONF": str(conf)}
     trixie.run(
         [
@@ -197,18 +203,18 @@ def _softhsm_token(trixie: Trixie, work: Path, cardlike: bool) -> tuple[str, dic
     return softhsm, env
 
 
-def _make_softhsm(name: str, trixie: Trixie, work: Path, shim: Shim | None) -> Signer:
+def _make_softhsm(name: str, kind: TokenKind, trixie: Trixie, work: Path, shim: Shim | None) -> Signer:
     pin_file = work / "pin"
     pin_file.write_text(SOFTHSM_PIN)  # no newline: some consumers read the file verbatim
-    softhsm, env = _softhsm_token(trixie, work, cardlike=shim is not None)
+    softhsm, env = _softhsm_token(trixie, work, kind)
     selects = (f"object={EC_LABEL}", f"object={RSA_LABEL}")
     if shim is None:
         cnf = _openssl_cnf(trixie, work, softhsm)
         # SoftHSM loaded by pkcs11-provider (RTLD_DEEPBIND) segfaults unless preloaded.
         sign_env = {**env, "OPENSSL_CONF": str(cnf), "LD_PRELOAD": softhsm}
         return Signer(name, trixie, work, SOFTHSM_TOKEN, pin_file, *selects, sign_env, env, softhsm, True)
-    conf = work / "cardlike.toml"
-    conf.write_text(config_dumps(SOFTHSM_CARDLIKE.shim_conf()))
+    conf = work / "sc4dnssec.toml"
+    conf.write_text(config_dumps(kind.shim_conf()))
     audit_log = work / "audit.jsonl"
     cnf = _openssl_cnf(trixie, work, shim.module)
     sign_env = {
@@ -370,13 +376,14 @@ def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: Vi
     )
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=list(BACKENDS))
 def signer(request: pytest.FixtureRequest, trixie: Trixie, tmp_path: Path) -> Signer:
     name = request.param
+    kind, through_shim = BACKENDS[name]
     work = tmp_path.resolve()
-    shim_ = None if name.endswith("-direct") else request.getfixturevalue("shim")
-    if name.startswith("softhsm"):
-        return _make_softhsm(name, trixie, work, shim_)
+    shim_ = request.getfixturevalue("shim") if through_shim else None
+    if kind.source == "softhsm":
+        return _make_softhsm(name, kind, trixie, work, shim_)
     slow = request.node.get_closest_marker("slow_card") is not None
     card = request.getfixturevalue("slow_virtual_card" if slow else "virtual_card")
     return _make_piv(name, trixie, work, shim_, card)
