@@ -5,7 +5,7 @@ A test run writes only to its output directory (``--conformance-out``, default
 matrix (``conformance/MATRIX.md`` and ``conformance/results/*.json``) changes only through the
 explicit refresh command::
 
-    python -m conformance.matrix --refresh [OUT_DIR]
+    python -m conformance.matrix --refresh [OUT_DIR]      (or: tox -e conformance-matrix)
 
 which copies OUT_DIR's result files over the committed ones and rewrites the committed matrix.
 """
