@@ -88,7 +88,8 @@ def softhsm_module() -> str:
 def make_softhsm(directory: Path, kind: TokenKind = SOFTHSM) -> CardInfo:
     """A fresh SoftHSM token of ``kind`` with an EC P-256 (ecc256key, id 01) and an RSA-2048
     (rsa2048key, id 02) pair."""
-    assert kind.source == "softhsm", kind
+    if kind.source != "softhsm":
+        raise ValueError(f"{kind.name} is not a SoftHSM token kind")
     module = softhsm_module()
     tokens = directory / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
