@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bind.trixie import REPO, Missing, Trixie
+from sc4testkit.trixie import REPO, Missing, Trixie
 
 PACKAGE = "smartcards4dnssec"
 CI_PACKAGE = REPO / "ci" / "package"

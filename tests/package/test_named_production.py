@@ -29,8 +29,8 @@ from urllib.parse import quote
 
 import pytest
 
+from sc4testkit.trixie import Trixie, stop
 from tests.bind.conftest import _card_up, _virtualcard_cmd
-from tests.bind.trixie import Trixie, stop
 from tests.bind.zones import answer_rrsig_tags, dig, free_port, key_tag, write_zone
 
 from .conftest import DROPIN, NAMED_UNIT, Overlay, overlay_root, systemd_command, systemd_environment
