@@ -7,9 +7,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from shim import cabi
 from shim.constants import CKR, name_of
 from shim.errors import PKCS11Error
-from shim.ffi import ffi, lib
 from shim.functions import FUNCTIONS
 
 
@@ -25,10 +25,11 @@ class Backend:
     def __init__(self, path: str, masked: frozenset[str] = frozenset()) -> None:
         if not os.path.isfile(path):
             raise PKCS11Error(CKR.GENERAL_ERROR, f"backend module {path!r} does not exist")
+        ffi = cabi.ffi
         out = ffi.new("CK_FUNCTION_LIST_PTR *")
         err = ffi.new("char[512]")
         deepbind = ffi.new("int *")
-        rv = lib.sc4_load_backend(path.encode(), out, err, 512, deepbind)
+        rv = cabi.lib.sc4_load_backend(path.encode(), out, err, 512, deepbind)
         if rv != CKR.OK or out[0] == ffi.NULL:
             detail = ffi.string(err).decode(errors="replace") or name_of(CKR, rv)
             raise PKCS11Error(CKR.GENERAL_ERROR, f"cannot load backend {path!r}: {detail}")
@@ -46,7 +47,7 @@ class Backend:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         ident: dict[str, Any] = {"path": self.path, "sha256": digest, "masked": sorted(self.masked),
                                  "deepbind": self.deepbind}
-        info = ffi.new("CK_INFO *")
+        info = cabi.ffi.new("CK_INFO *")
         rv = self.functions.C_GetInfo(info)
         if rv == CKR.OK:
             ident.update(

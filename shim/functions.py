@@ -2,7 +2,7 @@
 
 This is the one description of the C ABI.  The build (``shim/_build.py``)
 generates the exported C entry points and the cffi declarations from it, and
-the dispatcher (``shim/dispatch.py``) binds one Python handler per entry.
+the base layer (``shim/layers/base.py``) builds one forwarder per entry from it.
 The order is the order of ``CK_FUNCTION_LIST`` (after its version field).
 """
 

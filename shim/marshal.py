@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from shim import cabi
 from shim.constants import CKR
 from shim.errors import PKCS11Error
-from shim.ffi import NULL, ffi
 
 CData = Any  # cffi pointers have no static type
 
@@ -31,50 +31,50 @@ class Mechanism(NamedTuple):
 def read_bytes(ptr: CData, length: int) -> bytes:
     if length == 0:
         return b""
-    if ptr == NULL:
+    if ptr == cabi.NULL:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL data pointer with a non-zero length")
-    return ffi.buffer(ptr, length)[:]
+    return cabi.ffi.buffer(ptr, length)[:]
 
 
 def read_template(ptr: CData, count: int) -> list[Attribute]:
     if count == 0:
         return []
-    if ptr == NULL:
+    if ptr == cabi.NULL:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL template with a non-zero count")
     attrs = []
     for i in range(count):
         a = ptr[i]
-        if a.pValue == NULL:
+        if a.pValue == cabi.NULL:
             attrs.append(Attribute(int(a.type), None))
         else:
-            attrs.append(Attribute(int(a.type), ffi.buffer(a.pValue, a.ulValueLen)[:]))
+            attrs.append(Attribute(int(a.type), cabi.ffi.buffer(a.pValue, a.ulValueLen)[:]))
     return attrs
 
 
 def read_mechanism(ptr: CData, *, takes_parameter: bool = True) -> Mechanism:
     """Mechanisms that take no parameter ignore whatever the caller passed:
     PowerDNS hands C_DigestInit(CKM_SHA_1) an uninitialised pParameter/len."""
-    if ptr == NULL:
+    if ptr == cabi.NULL:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL mechanism")
     mtype = int(ptr.mechanism)
-    if not takes_parameter or ptr.pParameter == NULL or ptr.ulParameterLen == 0:
+    if not takes_parameter or ptr.pParameter == cabi.NULL or ptr.ulParameterLen == 0:
         return Mechanism(mtype, b"")
     if ptr.ulParameterLen > 4096:
         raise PKCS11Error(CKR.MECHANISM_PARAM_INVALID, "mechanism parameter too long")
-    return Mechanism(mtype, ffi.buffer(ptr.pParameter, ptr.ulParameterLen)[:])
+    return Mechanism(mtype, cabi.ffi.buffer(ptr.pParameter, ptr.ulParameterLen)[:])
 
 
 def write_output(buf: CData, plen: CData, data: bytes) -> int:
-    if plen == NULL:
+    if plen == cabi.NULL:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL length pointer")
     needed = len(data)
-    if buf == NULL:
+    if buf == cabi.NULL:
         plen[0] = needed
         return CKR.OK
     if plen[0] < needed:
         plen[0] = needed
         return CKR.BUFFER_TOO_SMALL
-    ffi.memmove(buf, data, needed)
+    cabi.ffi.memmove(buf, data, needed)
     plen[0] = needed
     return CKR.OK
 
@@ -82,7 +82,7 @@ def write_output(buf: CData, plen: CData, data: bytes) -> int:
 def fill_text(field: CData, text: str) -> None:
     """Blank-padded, not NUL-terminated: PKCS#11's fixed-width string fields."""
     raw = text.encode()[: len(field)]
-    ffi.memmove(field, raw.ljust(len(field), b" "), len(field))
+    cabi.ffi.memmove(field, raw.ljust(len(field), b" "), len(field))
 
 
 def write_attributes(ptr: CData, count: int, values: dict[int, bytes | None]) -> int:
@@ -93,7 +93,7 @@ def write_attributes(ptr: CData, count: int, values: dict[int, bytes | None]) ->
     from shim.constants import CK_UNAVAILABLE_INFORMATION
 
     rv = CKR.OK
-    if count and ptr == NULL:
+    if count and ptr == cabi.NULL:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL template with a non-zero count")
     for i in range(count):
         a = ptr[i]
@@ -108,13 +108,13 @@ def write_attributes(ptr: CData, count: int, values: dict[int, bytes | None]) ->
             if rv == CKR.OK:
                 rv = CKR.ATTRIBUTE_SENSITIVE
             continue
-        if a.pValue == NULL:
+        if a.pValue == cabi.NULL:
             a.ulValueLen = len(value)
         elif a.ulValueLen < len(value):
             a.ulValueLen = CK_UNAVAILABLE_INFORMATION
             if rv == CKR.OK:
                 rv = CKR.BUFFER_TOO_SMALL
         else:
-            ffi.memmove(a.pValue, value, len(value))
+            cabi.ffi.memmove(a.pValue, value, len(value))
             a.ulValueLen = len(value)
     return rv

@@ -1,45 +1,35 @@
-"""Process-wide state of the shim and its start-up inside the host process."""
+"""The shim inside the host process: configuration, and the stack of layers composed at boot.
+
+From the top, every call passes: audit (summary, record, fail-closed) -> guard
+(fork, initialisation, policy) -> spec fixups -> completion (``shim/soft``) ->
+base (the backend).  Each layer is built over the table of the one below; the
+composition in :meth:`Shim.__init__` is the whole wiring.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from shim import cabi
 from shim import config as config_mod
-from shim.audit.writer import AuditUnavailable, AuditWriter
+from shim.audit.writer import AuditWriter
 from shim.backend import Backend
-from shim.constants import CKR, name_of
-from shim.dispatch import Call
-
-VERSION = (0, 1)
-
-# CK_RV -> name for every defined CKR: name_of() builds an enum member per call (~1 µs).
-_RV_NAMES: dict[int, str] = {int(v): name_of(CKR, v) for v in CKR}
-
-
-def _report(message: str) -> None:
-    """Operator-facing problems go to stderr and syslog: the audit log may be the problem."""
-    print(f"smartcards4dnssec: {message}", file=sys.stderr, flush=True)
-    try:
-        import syslog
-
-        syslog.syslog(syslog.LOG_ERR, f"smartcards4dnssec: {message}")
-    except Exception:  # noqa: BLE001 - reporting must not fail the caller
-        pass
+from shim.constants import CKR
+from shim.errors import PKCS11Error
+from shim.handlers.info import VERSION
+from shim.layers.audit import Audit, Entry
+from shim.layers.base import Base
+from shim.layers.completion import Completion
+from shim.layers.fixups import Fixups
+from shim.layers.guard import Guard
+from shim.report import report
 
 
 class Shim:
-    def __init__(self, lib: Any) -> None:
-        self._lib = lib
-        self.lock = threading.RLock()
-        self.initialized = False
-        self._fork_generation = lib.sc4_fork_generation
-        self.inherited = False  # state came from the parent across fork()
-        self._backend: Backend | None = None
+    def __init__(self) -> None:
         self.boot_error: str | None = None
         try:
             self.config = config_mod.load()
@@ -49,111 +39,63 @@ class Shim:
                 backend=None, audit_path=os.environ.get("SC4DNSSEC_AUDIT_LOG")
                 or config_mod.default_audit_path(os.environ)
             )
-            _report(f"configuration error: {e}")
+            report(f"configuration error: {e}")
+        cfg = self.config
         self.audit = AuditWriter(
-            self.config.audit_path,
-            fsync=self.config.audit_fsync,
-            on_failure=self.config.audit_on_failure,
-            syslog=self.config.audit_syslog,
-            syslog_path=self.config.audit_syslog_socket,
-            locked_append=_locked_append(lib),
+            cfg.audit_path,
+            fsync=cfg.audit_fsync,
+            on_failure=cfg.audit_on_failure,
+            syslog=cfg.audit_syslog,
+            syslog_path=cfg.audit_syslog_socket,
+            locked_append=_locked_append(cabi.lib),
         )
-        self._allow = self.config.allow_functions
-        self.sessions: dict[int, Any] = {}
-        from shim.soft.state import Completion
+        # The stack, bottom up.
+        self.base = Base()
+        self.completion = Completion(self.base.table(), mask_functions=cfg.mask_functions,
+                                     mask_mechanisms=cfg.mask_mechanisms, advertise_keygen=cfg.advertise_keygen)
+        self.fixups = Fixups(self.completion.table(), slot_of=self.completion.state.sessions.slot_of)
+        self.guard = Guard(self.fixups.table(), allow=cfg.allow_functions, load_backend=self.load_backend,
+                           on_fork=(self.audit.after_fork, self.completion.reset))
+        self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed")
+        self.entries: dict[str, Entry] = self.auditor.entries()
 
-        self.soft = Completion(self)  # software completion (shim/soft/)
-        self.record("load", args={"version": "{}.{}".format(*VERSION), "python": sys.version.split()[0],
-                                  "module": _module_path(lib)})
-        self.record("config", args={"source": self.config.source, "backend": self.config.backend,
-                                    "audit": self.config.audit_path, "fsync": self.config.audit_fsync,
-                                    "on_failure": self.config.audit_on_failure,
-                                    "mask_functions": sorted(self.config.mask_functions),
-                                    "mask_mechanisms": sorted(self.config.mask_mechanisms),
-                                    "advertise_keygen": self.config.advertise_keygen,
-                                    "allow_functions": None if self._allow is None else sorted(self._allow)},
-                    error=self.boot_error)
-
-    # -- backend -------------------------------------------------------------
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            from shim.errors import PKCS11Error
-
-            raise PKCS11Error(CKR.CRYPTOKI_NOT_INITIALIZED, "no backend loaded")
-        return self._backend
+        self.auditor.record("load", args={"version": "{}.{}".format(*VERSION), "python": sys.version.split()[0],
+                                          "module": _module_path(cabi.lib)})
+        allow = cfg.allow_functions
+        self.auditor.record("config", args={"source": cfg.source, "backend": cfg.backend,
+                                            "audit": cfg.audit_path, "fsync": cfg.audit_fsync,
+                                            "on_failure": cfg.audit_on_failure,
+                                            "mask_functions": sorted(cfg.mask_functions),
+                                            "mask_mechanisms": sorted(cfg.mask_mechanisms),
+                                            "advertise_keygen": cfg.advertise_keygen,
+                                            "allow_functions": None if allow is None else sorted(allow)},
+                            error=self.boot_error)
 
     def load_backend(self) -> Backend:
-        from shim.errors import PKCS11Error
-
-        if self._backend is not None:
-            return self._backend
+        """At C_Initialize: open the configured backend once, and say which one in the log."""
+        if self.base.backend is not None:
+            return self.base.backend
         if self.boot_error:
             raise PKCS11Error(CKR.GENERAL_ERROR, f"configuration error: {self.boot_error}")
         if not self.config.backend:
             raise PKCS11Error(CKR.GENERAL_ERROR, "no backend: set SC4DNSSEC_BACKEND or 'backend' in SC4DNSSEC_CONF")
         try:
-            self._backend = Backend(self.config.backend, self.config.mask_functions)
+            backend = self.base.load(self.config.backend, self.config.mask_functions)
         except PKCS11Error as e:
-            _report(e.detail)
+            report(e.detail)
             raise
-        self.record("backend", args=self._backend.identity())
-        return self._backend
-
-    # -- fork ------------------------------------------------------------------
-    def fork_generation_changed(self) -> bool:
-        return bool(self._lib.sc4_fork_generation != self._fork_generation)
-
-    def after_fork(self) -> None:
-        """In a child: PKCS#11 requires a new C_Initialize; the audit chain
-        continues from the child's own file descriptor and epoch."""
-        self._fork_generation = self._lib.sc4_fork_generation
-        self.lock = threading.RLock()
-        self.audit.after_fork()
-        if self.initialized:
-            self.initialized = False
-            self.inherited = True
-        self.sessions.clear()
-        self.soft.reset()
-
-    # -- policy and audit ------------------------------------------------------
-    def denied(self, name: str) -> bool:
-        return self._allow is not None and name not in self._allow and name != "C_Initialize"
-
-    def record(self, kind: str, **fields: Any) -> None:
-        try:
-            self.audit.write(kind, **fields)
-        except AuditUnavailable as e:
-            _report(f"audit log unavailable: {e}")
-
-    def record_call(self, call: Call, rv: int, t0: int) -> int:
-        dur_us = (time.perf_counter_ns() - t0) // 1000
-        rv_name = _RV_NAMES.get(rv)
-        if rv_name is None:
-            rv_name = name_of(CKR, rv)
-        try:
-            self.audit.write("call", fn=call.fn, args=call.args, rv=rv_name, dur_us=dur_us,
-                             src=call.src, error=call.error)
-        except AuditUnavailable:
-            # fail-closed: a call that cannot be recorded does not succeed.
-            return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
-        except Exception as e:  # noqa: BLE001 - a bug in the audit path must not reach the host
-            _report(f"audit record for {call.fn} failed: {type(e).__name__}: {e}")
-            if self.config.audit_on_failure == "fail-closed":
-                return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
-        return rv
+        self.auditor.record("backend", args=backend.identity())
+        return backend
 
 
 def _locked_append(lib: Any) -> Callable[[int, int, bytes, bool], int]:
     """The core's C append (one GIL release per record) as the writer expects it."""
-    from shim.ffi import ffi
-
     append = lib.sc4_audit_append
 
     def locked_append(fd: int, expected: int, line: bytes, sync: bool) -> int:
         size = int(append(fd, expected, line, len(line), int(sync)))
         if size == -1:
-            err = ffi.errno
+            err = cabi.ffi.errno
             raise OSError(err, os.strerror(err))
         return size
 
@@ -161,18 +103,17 @@ def _locked_append(lib: Any) -> Callable[[int, int, bytes, bool], int]:
 
 
 def _module_path(lib: Any) -> str:
-    from shim.ffi import ffi
-
-    return os.path.abspath(ffi.string(lib.sc4_core_path()).decode())
+    return os.path.abspath(cabi.ffi.string(lib.sc4_core_path()).decode())
 
 
 SHIM: Shim | None = None
 
 
 def boot(ffi: Any, lib: Any) -> None:
-    """Called once by the core's embedding init code, before any C_* entry runs."""
+    """Called once by the core's embedding init code, before any C_* entry runs: compose the
+    stack and bind each extern "Python" entry point of the core to its audit-layer entry."""
     global SHIM
-    from shim import dispatch
-
-    SHIM = Shim(lib)
-    dispatch.install(SHIM, ffi)
+    cabi.bind(ffi, lib)
+    SHIM = Shim()
+    for name, entry in SHIM.entries.items():
+        ffi.def_extern(name=f"sc4py_{name}", error=int(CKR.GENERAL_ERROR))(entry)

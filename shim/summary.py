@@ -14,30 +14,12 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from shim.constants import CKA, CKK, CKM, CKO, CKU, name_of
-from shim.ffi import NULL, ffi
+from shim import attributes, cabi
+from shim.constants import CKM, CKU, name_of
 from shim.functions import FunctionSpec
 
 Summariser = Callable[[tuple[Any, ...], dict[str, Any]], None]
 
-# Attributes whose values are never secret and help an auditor.
-_SHOWN = {
-    CKA.CLASS: lambda v: name_of(CKO, _ulong(v)),
-    CKA.KEY_TYPE: lambda v: name_of(CKK, _ulong(v)),
-    CKA.LABEL: lambda v: v.decode("utf-8", "replace"),
-    CKA.ID: lambda v: v.hex(),
-    CKA.EC_PARAMS: lambda v: v.hex(),
-    CKA.MODULUS_BITS: lambda v: _ulong(v),
-    CKA.VALUE_LEN: lambda v: _ulong(v),
-    CKA.PUBLIC_EXPONENT: lambda v: v.hex(),
-    CKA.KEY_GEN_MECHANISM: lambda v: name_of(CKM, _ulong(v)),
-}
-_BOOLEANS = {
-    CKA.TOKEN, CKA.PRIVATE, CKA.MODIFIABLE, CKA.SENSITIVE, CKA.EXTRACTABLE, CKA.SIGN, CKA.VERIFY,
-    CKA.ENCRYPT, CKA.DECRYPT, CKA.WRAP, CKA.UNWRAP, CKA.DERIVE, CKA.COPYABLE, CKA.DESTROYABLE,
-    CKA.ALWAYS_AUTHENTICATE, CKA.LOCAL, CKA.ALWAYS_SENSITIVE, CKA.NEVER_EXTRACTABLE, CKA.SIGN_RECOVER,
-    CKA.VERIFY_RECOVER, CKA.TRUSTED,
-}
 # Functions whose input data is hashed into the record (what was signed/verified).
 _HASHED_DATA = {
     "C_Sign", "C_SignUpdate", "C_Verify", "C_VerifyUpdate", "C_Digest", "C_DigestUpdate", "C_SignRecover",
@@ -57,40 +39,24 @@ def _mech_name(m: int) -> str:
     return name
 
 
-def _ulong(v: bytes) -> int:
-    return int.from_bytes(v, "little") if len(v) in (1, 2, 4, 8) else -1
-
-
-def attribute_summary(atype: int, value: bytes | None) -> Any:
-    name = name_of(CKA, atype)
-    if value is None:
-        return name, None
-    if atype in _BOOLEANS and len(value) == 1:
-        return name, bool(value[0])
-    shown = _SHOWN.get(atype)  # type: ignore[call-overload]
-    if shown is not None:
-        return name, shown(value)
-    return name, f"<{len(value)} bytes>"
-
-
 def template_summary(ptr: Any, count: int) -> dict[str, Any] | str:
     if count == 0:
         return {}
-    if ptr == NULL:
+    if ptr == cabi.NULL:
         return "NULL"
     if count > 256:
         return f"<{count} attributes>"
     out: dict[str, Any] = {}
     for i in range(count):
         a = ptr[i]
-        value = None if a.pValue == NULL or a.ulValueLen > 1 << 20 else ffi.buffer(a.pValue, a.ulValueLen)[:]
-        k, v = attribute_summary(int(a.type), value)
+        value = None if a.pValue == cabi.NULL or a.ulValueLen > 1 << 20 else cabi.ffi.buffer(a.pValue, a.ulValueLen)[:]
+        k, v = attributes.summarise(int(a.type), value)
         out[k] = v
     return out
 
 
 def _mechanism(ptr: Any) -> str | None:
-    return None if ptr == NULL else _mech_name(int(ptr.mechanism))
+    return None if ptr == cabi.NULL else _mech_name(int(ptr.mechanism))
 
 
 def _put(key: str, i: int, render: Callable[[Any], Any] = int) -> Summariser:
@@ -167,5 +133,5 @@ def compile_summariser(spec: FunctionSpec) -> Summariser:
 def _hashed(args: tuple[Any, ...], out: dict[str, Any], i: int, key: str) -> None:
     ptr, n = args[i], int(args[i + 1])
     out[key + "_len"] = n
-    if ptr != NULL and 0 < n <= 1 << 24:
-        out[key + "_sha256"] = hashlib.sha256(ffi.buffer(ptr, n)).hexdigest()
+    if ptr != cabi.NULL and 0 < n <= 1 << 24:
+        out[key + "_sha256"] = hashlib.sha256(cabi.ffi.buffer(ptr, n)).hexdigest()

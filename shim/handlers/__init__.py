@@ -1,3 +1,6 @@
-"""Handlers that override the default forwarding, one module per concern."""
+"""The completion layer's functions, one module per concern.
 
-from shim.handlers import crypto, library, mechanisms, objects, random, sessions  # noqa: F401
+Each is ``handler(state, call, *c_args) -> CK_RV`` over the
+:class:`~shim.soft.state.CompletionState`; :mod:`shim.layers.completion` lists
+which function each one serves.  Importing a module here registers nothing.
+"""

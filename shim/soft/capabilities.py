@@ -10,11 +10,11 @@ card round trip.  Decisions on the signing hot path are dictionary look-ups.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from shim.constants import CKR, MechanismFlag
+from shim import cabi
+from shim.constants import CKR
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,9 @@ class MechInfo:
 
 
 class Capabilities:
-    def __init__(self, backend_fn: Callable[[], Any], masked_functions: frozenset[str],
+    def __init__(self, card: Mapping[str, Callable[..., int]], masked_functions: frozenset[str],
                  masked_mechanisms: frozenset[int]) -> None:
-        self._backend_fn = backend_fn  # late: the backend is loaded at C_Initialize
+        self._card = card
         self._masked_mechs = masked_mechanisms
         self._missing: set[str] = set(masked_functions)
         self._mechs: dict[int, dict[int, MechInfo]] = {}
@@ -63,19 +63,17 @@ class Capabilities:
             self._mechs.clear()
 
     def _probe(self, slot: int) -> dict[int, MechInfo]:
-        from shim.ffi import NULL, ffi
-
-        fn = self._backend_fn().fn
-        count = ffi.new("CK_ULONG *")
-        rv = fn["C_GetMechanismList"](slot, NULL, count)
+        fn = self._card
+        count = cabi.ffi.new("CK_ULONG *")
+        rv = fn["C_GetMechanismList"](slot, cabi.NULL, count)
         if rv != CKR.OK:
             return {}
-        arr = ffi.new("CK_MECHANISM_TYPE[]", max(int(count[0]), 1))
+        arr = cabi.ffi.new("CK_MECHANISM_TYPE[]", max(int(count[0]), 1))
         rv = fn["C_GetMechanismList"](slot, arr, count)
         if rv != CKR.OK:
             return {}
         out: dict[int, MechInfo] = {}
-        info = ffi.new("CK_MECHANISM_INFO *")
+        info = cabi.ffi.new("CK_MECHANISM_INFO *")
         for i in range(int(count[0])):
             m = int(arr[i])
             if m in self._masked_mechs:
@@ -85,6 +83,3 @@ class Capabilities:
             else:
                 out[m] = MechInfo(0, 0, 0)
         return out
-
-
-HW = int(MechanismFlag.HW)

@@ -36,6 +36,7 @@ class Hashing:
     queries ask for the result first and expect the operation to stay active."""
 
     _h: Any
+    on_card = False
 
     @property
     def size(self) -> int:

@@ -86,6 +86,8 @@ def parse_pss(parameter: bytes) -> PssParams:
 class HashThenSign:
     """Software half of a hash-then-sign operation; the card signs :meth:`to_sign`."""
 
+    on_card = False
+
     def __init__(self, mechanism: int, parameter: bytes) -> None:
         spec = HASHED[mechanism]
         self.mechanism = mechanism

@@ -16,27 +16,13 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from shim.attributes import FALSE, SECRET, TRUE, boolean, encode_ulong, ulong
 from shim.constants import CK_UNAVAILABLE_INFORMATION, CKA, CKK, CKO, CKR
 from shim.errors import PKCS11Error
 from shim.soft.verify import public_key
 
 HANDLE_BASE = 0xE000_0000
 HANDLE_LIMIT = 1 << 32
-ULONG_SIZE = 8  # CK_ULONG on LP64 (the only ABI the shim is built for)
-
-TRUE, FALSE = b"\x01", b"\x00"
-
-
-def ulong(v: int) -> bytes:
-    return int(v).to_bytes(ULONG_SIZE, "little")
-
-
-def as_ulong(v: bytes | None) -> int | None:
-    return int.from_bytes(v, "little") if v is not None and len(v) in (1, 2, 4, 8) else None
-
-
-def as_bool(v: bytes | None, default: bool) -> bool:
-    return default if not v else v[0] != 0
 
 
 @dataclass
@@ -61,7 +47,7 @@ class SoftObject:
 _COMMON: dict[int, bytes] = {CKA.TOKEN: FALSE, CKA.PRIVATE: FALSE, CKA.MODIFIABLE: TRUE, CKA.COPYABLE: TRUE,
            CKA.DESTROYABLE: TRUE, CKA.LABEL: b""}
 _KEY: dict[int, bytes] = {CKA.ID: b"", CKA.START_DATE: b"", CKA.END_DATE: b"", CKA.DERIVE: FALSE, CKA.LOCAL: FALSE,
-        CKA.KEY_GEN_MECHANISM: ulong(CK_UNAVAILABLE_INFORMATION)}
+        CKA.KEY_GEN_MECHANISM: encode_ulong(CK_UNAVAILABLE_INFORMATION)}
 _PUBLIC: dict[int, bytes] = {CKA.SUBJECT: b"", CKA.ENCRYPT: FALSE, CKA.VERIFY: TRUE, CKA.VERIFY_RECOVER: FALSE,
            CKA.WRAP: FALSE, CKA.TRUSTED: FALSE}
 _SECRET: dict[int, bytes] = {
@@ -75,8 +61,6 @@ READ_ONLY = frozenset({CKA.CLASS, CKA.KEY_TYPE, CKA.TOKEN, CKA.PRIVATE, CKA.MODU
                         CKA.NEVER_EXTRACTABLE, CKA.KEY_GEN_MECHANISM})
 _SECRET_KEY_TYPES = frozenset({CKK.GENERIC_SECRET, CKK.MD5_HMAC, CKK.SHA_1_HMAC, CKK.SHA224_HMAC,
                                CKK.SHA256_HMAC, CKK.SHA384_HMAC, CKK.SHA512_HMAC})
-# Private key material a caller might try to import.
-_PRIVATE_MATERIAL = frozenset({CKA.VALUE, CKA.PRIVATE_EXPONENT, CKA.PRIME_1, CKA.PRIME_2})
 
 
 def complete_template(template: Mapping[int, bytes]) -> tuple[dict[int, bytes], frozenset[int]]:
@@ -85,9 +69,9 @@ def complete_template(template: Mapping[int, bytes]) -> tuple[dict[int, bytes], 
     Returns (attributes, attributes to report as sensitive)."""
     if CKA.CLASS not in template:
         raise PKCS11Error(CKR.TEMPLATE_INCOMPLETE, "CKA_CLASS missing")
-    cls = as_ulong(template[CKA.CLASS])
+    cls = ulong(template[CKA.CLASS])
     if cls == CKO.PRIVATE_KEY:
-        what = "with key material" if _PRIVATE_MATERIAL & template.keys() else ""
+        what = "with key material" if SECRET & template.keys() else ""
         raise PKCS11Error(CKR.TEMPLATE_INCONSISTENT,
                           f"private key import {what} refused: keys live on the card (generate them there)")
     attrs: dict[int, bytes] = dict(_COMMON)
@@ -96,7 +80,7 @@ def complete_template(template: Mapping[int, bytes]) -> tuple[dict[int, bytes], 
         attrs.update(_KEY)
         attrs.update(_PUBLIC)
         attrs.update(template)
-        kt = as_ulong(attrs.get(CKA.KEY_TYPE))
+        kt = ulong(attrs.get(CKA.KEY_TYPE))
         need = {CKK.EC: (CKA.EC_PARAMS, CKA.EC_POINT), CKK.EC_EDWARDS: (CKA.EC_PARAMS, CKA.EC_POINT),
                 CKK.RSA: (CKA.MODULUS, CKA.PUBLIC_EXPONENT)}.get(kt)  # type: ignore[call-overload]
         if need is None:
@@ -110,27 +94,27 @@ def complete_template(template: Mapping[int, bytes]) -> tuple[dict[int, bytes], 
         except PKCS11Error as e:
             raise PKCS11Error(CKR.ATTRIBUTE_VALUE_INVALID, e.detail) from None
         if kt == CKK.RSA:
-            attrs[CKA.MODULUS_BITS] = ulong(key.key_size)  # type: ignore[union-attr]
+            attrs[CKA.MODULUS_BITS] = encode_ulong(key.key_size)  # type: ignore[union-attr]
     elif cls == CKO.SECRET_KEY:
         attrs.update(_KEY)
         attrs.update(_SECRET)
         attrs.update(template)
-        kt = as_ulong(attrs.get(CKA.KEY_TYPE))
+        kt = ulong(attrs.get(CKA.KEY_TYPE))
         if kt not in _SECRET_KEY_TYPES:
             raise PKCS11Error(CKR.TEMPLATE_INCONSISTENT, "the shim keeps only generic/HMAC secret keys")
         if CKA.VALUE not in attrs:
             raise PKCS11Error(CKR.TEMPLATE_INCOMPLETE, "CKA_VALUE missing")
-        attrs[CKA.VALUE_LEN] = ulong(len(attrs[CKA.VALUE]))
-        if as_bool(attrs.get(CKA.SENSITIVE), False) or not as_bool(attrs.get(CKA.EXTRACTABLE), True):
+        attrs[CKA.VALUE_LEN] = encode_ulong(len(attrs[CKA.VALUE]))
+        if boolean(attrs.get(CKA.SENSITIVE), False) or not boolean(attrs.get(CKA.EXTRACTABLE), True):
             secret = frozenset({CKA.VALUE})
         attrs[CKA.ALWAYS_SENSITIVE] = attrs[CKA.SENSITIVE]
-        attrs[CKA.NEVER_EXTRACTABLE] = FALSE if as_bool(attrs.get(CKA.EXTRACTABLE), True) else TRUE
+        attrs[CKA.NEVER_EXTRACTABLE] = FALSE if boolean(attrs.get(CKA.EXTRACTABLE), True) else TRUE
     elif cls == CKO.DATA:
         attrs.update(_DATA)
         attrs.update(template)
     else:
         raise PKCS11Error(CKR.TEMPLATE_INCONSISTENT, "the shim keeps only public keys, secret keys and data")
-    if as_bool(attrs.get(CKA.TOKEN), False):
+    if boolean(attrs.get(CKA.TOKEN), False):
         raise PKCS11Error(CKR.TEMPLATE_INCONSISTENT, "token objects are the card's business")
     return attrs, secret
 

@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from shim.attributes import FALSE, TRUE, encode_ulong, ulong
 from shim.constants import CKA, CKK, CKO
 from shim.soft.card import Fn, find, read_attributes
-from shim.soft.objects import FALSE, TRUE, ulong
 from shim.soft.verify import EC_CURVES, wrap_octet_string
 
 _PRIV_ATTRS = (CKA.ID, CKA.LABEL, CKA.KEY_TYPE, CKA.EC_PARAMS, CKA.EC_POINT, CKA.MODULUS, CKA.PUBLIC_EXPONENT,
@@ -42,7 +42,7 @@ class Missing(NamedTuple):
 
 
 def missing_public_keys(fn: Fn, session: int) -> Missing:
-    privs = find(fn, session, {CKA.CLASS: ulong(CKO.PRIVATE_KEY)})
+    privs = find(fn, session, {CKA.CLASS: encode_ulong(CKO.PRIVATE_KEY)})
     if not privs:
         return Missing(0, [], set())
     # BIND 9.16 and libp11 look the public key up by the private key's LABEL
@@ -50,7 +50,7 @@ def missing_public_keys(fn: Fn, session: int) -> Missing:
     # "PIV AUTH pubkey"), so a public key only counts if both match.
     pub_ids = set()
     pubs_by_id: dict[bytes | None, list[int]] = {}
-    for h in find(fn, session, {CKA.CLASS: ulong(CKO.PUBLIC_KEY)}):
+    for h in find(fn, session, {CKA.CLASS: encode_ulong(CKO.PUBLIC_KEY)}):
         pa = read_attributes(fn, session, h, (CKA.ID, CKA.LABEL))
         pub_ids.add((pa.get(CKA.ID), pa.get(CKA.LABEL, b"")))
         pubs_by_id.setdefault(pa.get(CKA.ID), []).append(h)
@@ -66,7 +66,7 @@ def missing_public_keys(fn: Fn, session: int) -> Missing:
         if pub is None:
             if certs is None:
                 certs = {}
-                for c in find(fn, session, {CKA.CLASS: ulong(CKO.CERTIFICATE)}):
+                for c in find(fn, session, {CKA.CLASS: encode_ulong(CKO.CERTIFICATE)}):
                     ca = read_attributes(fn, session, c, (CKA.ID, CKA.VALUE))
                     if CKA.VALUE in ca:
                         certs.setdefault(ca.get(CKA.ID, b""), ca[CKA.VALUE])
@@ -75,7 +75,7 @@ def missing_public_keys(fn: Fn, session: int) -> Missing:
         if pub is None:
             continue
         attrs: dict[int, bytes] = {
-                 CKA.CLASS: ulong(CKO.PUBLIC_KEY), CKA.TOKEN: TRUE, CKA.PRIVATE: FALSE, CKA.MODIFIABLE: FALSE,
+                 CKA.CLASS: encode_ulong(CKO.PUBLIC_KEY), CKA.TOKEN: TRUE, CKA.PRIVATE: FALSE, CKA.MODIFIABLE: FALSE,
                  CKA.COPYABLE: TRUE, CKA.DESTROYABLE: FALSE, CKA.ID: kid, CKA.LABEL: a.get(CKA.LABEL, b""),
                  CKA.VERIFY: TRUE, CKA.ENCRYPT: FALSE, CKA.WRAP: FALSE, CKA.VERIFY_RECOVER: FALSE,
                  CKA.DERIVE: FALSE, CKA.LOCAL: FALSE, CKA.TRUSTED: FALSE, CKA.SUBJECT: b"",
@@ -87,13 +87,13 @@ def missing_public_keys(fn: Fn, session: int) -> Missing:
 
 
 def _from_private(a: dict[int, bytes]) -> dict[int, bytes] | None:
-    kt = int.from_bytes(a.get(CKA.KEY_TYPE, b""), "little") if CKA.KEY_TYPE in a else None
+    kt = ulong(a.get(CKA.KEY_TYPE))
     if kt == CKK.RSA and a.get(CKA.MODULUS) and a.get(CKA.PUBLIC_EXPONENT):
         n = a[CKA.MODULUS]
-        return {CKA.KEY_TYPE: ulong(CKK.RSA), CKA.MODULUS: n, CKA.PUBLIC_EXPONENT: a[CKA.PUBLIC_EXPONENT],
-                CKA.MODULUS_BITS: ulong(int.from_bytes(n, "big").bit_length())}
-    if kt in (CKK.EC, CKK.EC_EDWARDS) and a.get(CKA.EC_PARAMS) and a.get(CKA.EC_POINT):
-        return {CKA.KEY_TYPE: ulong(kt), CKA.EC_PARAMS: a[CKA.EC_PARAMS], CKA.EC_POINT: a[CKA.EC_POINT]}
+        return {CKA.KEY_TYPE: encode_ulong(CKK.RSA), CKA.MODULUS: n, CKA.PUBLIC_EXPONENT: a[CKA.PUBLIC_EXPONENT],
+                CKA.MODULUS_BITS: encode_ulong(int.from_bytes(n, "big").bit_length())}
+    if kt is not None and kt in (CKK.EC, CKK.EC_EDWARDS) and a.get(CKA.EC_PARAMS) and a.get(CKA.EC_POINT):
+        return {CKA.KEY_TYPE: encode_ulong(kt), CKA.EC_PARAMS: a[CKA.EC_PARAMS], CKA.EC_POINT: a[CKA.EC_POINT]}
     return None
 
 
@@ -104,17 +104,18 @@ def _from_certificate(der: bytes) -> dict[int, bytes] | None:
         return None
     if isinstance(key, rsa.RSAPublicKey):
         nums = key.public_numbers()
-        return {CKA.KEY_TYPE: ulong(CKK.RSA), CKA.MODULUS: nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big"),
+        return {CKA.KEY_TYPE: encode_ulong(CKK.RSA),
+                CKA.MODULUS: nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big"),
                 CKA.PUBLIC_EXPONENT: nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big"),
-                CKA.MODULUS_BITS: ulong(key.key_size)}
+                CKA.MODULUS_BITS: encode_ulong(key.key_size)}
     if isinstance(key, ec.EllipticCurvePublicKey):
         params = _CURVE_DER.get(type(key.curve).__name__)
         if params is None:
             return None
         point = key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-        return {CKA.KEY_TYPE: ulong(CKK.EC), CKA.EC_PARAMS: params, CKA.EC_POINT: wrap_octet_string(point)}
+        return {CKA.KEY_TYPE: encode_ulong(CKK.EC), CKA.EC_PARAMS: params, CKA.EC_POINT: wrap_octet_string(point)}
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         params = bytes.fromhex("06032b6570" if isinstance(key, ed25519.Ed25519PublicKey) else "06032b6571")
         raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return {CKA.KEY_TYPE: ulong(CKK.EC_EDWARDS), CKA.EC_PARAMS: params, CKA.EC_POINT: wrap_octet_string(raw)}
+        return {CKA.KEY_TYPE: encode_ulong(CKK.EC_EDWARDS), CKA.EC_PARAMS: params, CKA.EC_POINT: wrap_octet_string(raw)}
     return None

@@ -1,22 +1,24 @@
-"""The completion layer's process-wide state, one attribute of :class:`shim.runtime.Shim`."""
+"""The completion layer's state: what it learnt about the card and what it keeps itself."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 from shim.soft.capabilities import Capabilities
 from shim.soft.objects import ObjectStore
+from shim.soft.sessions import SessionTable
 
-if TYPE_CHECKING:
-    from shim.runtime import Shim
+CardFn = Mapping[str, Callable[..., int]]  # function name -> the card's function (raw cffi arguments)
 
 
-class Completion:
-    def __init__(self, shim: Shim) -> None:
-        cfg = shim.config
-        self.caps = Capabilities(lambda: shim.backend, cfg.mask_functions, cfg.mask_mechanisms)
+class CompletionState:
+    def __init__(self, card: CardFn, *, mask_functions: frozenset[str] = frozenset(),
+                 mask_mechanisms: frozenset[int] = frozenset(), advertise_keygen: bool = True) -> None:
+        self.card = card  # the layer below, for the shim's own calls (never recorded)
+        self.caps = Capabilities(card, mask_functions, mask_mechanisms)
+        self.sessions = SessionTable()
         self.objects = ObjectStore()
-        self.advertise_keygen = cfg.advertise_keygen
+        self.advertise_keygen = advertise_keygen
         self.scanned_slots: set[int] = set()  # slots whose private keys were seen (derived keys made)
         # Card public keys replaced by a derived one (same CKA_ID, other label): hidden from
         # searches so that a lookup by id= still finds exactly one public key.
@@ -24,6 +26,7 @@ class Completion:
 
     def reset(self) -> None:
         """After fork or C_Finalize: no session survives, the card may change."""
+        self.sessions.clear()
         self.objects.clear()
         self.caps.forget()
         self.scanned_slots.clear()

@@ -15,9 +15,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils
 
+from shim.attributes import ulong
 from shim.constants import CKA, CKK, CKM, CKR
 from shim.errors import PKCS11Error
-from shim.soft.hashsign import HASHED, HashThenSign, digest_info, parse_pss
+from shim.soft.hashsign import HASHED, HashThenSign, parse_pss
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
 
@@ -66,8 +67,7 @@ def wrap_octet_string(value: bytes) -> bytes:
 
 def public_key(attrs: Mapping[int, bytes]) -> PublicKey:
     """A ``cryptography`` public key from PKCS#11 attributes."""
-    ktype = attrs.get(CKA.KEY_TYPE)
-    kt = int.from_bytes(ktype, "little") if ktype else None
+    kt = ulong(attrs.get(CKA.KEY_TYPE))
     try:
         if kt == CKK.EC:
             curve = EC_CURVES.get(attrs.get(CKA.EC_PARAMS, b""))
@@ -110,6 +110,8 @@ def _check_key(mechanism: int, key: PublicKey) -> None:
 
 class Verifier:
     """One verify operation (single or multi-part)."""
+
+    on_card = False
 
     def __init__(self, mechanism: int, parameter: bytes, key: PublicKey) -> None:
         if mechanism not in VERIFY_MECHANISMS:
@@ -210,5 +212,3 @@ def _verify_rsa_pkcs1(key: rsa.RSAPublicKey, data: bytes, signature: bytes) -> N
     if em != expected:
         raise PKCS11Error(CKR.SIGNATURE_INVALID, "RSA PKCS#1 v1.5 signature does not verify")
 
-
-__all__ = ["Verifier", "public_key", "digest_info", "VERIFY_MECHANISMS", "der_octet_string", "wrap_octet_string"]
