@@ -1,0 +1,105 @@
+"""The import graph of shim/: no cycle (imports inside functions count), and layers import
+only downwards.  Read from the source with ast, so nothing is imported to check it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SHIM = Path(__file__).resolve().parents[2] / "shim"
+# Bottom to top; a layer may import the ones before it, never the ones after.
+LAYERS = ("shim.layers.base", "shim.layers.completion", "shim.layers.fixups", "shim.layers.guard",
+          "shim.layers.audit")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SHIM.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in SHIM.rglob("*.py")}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The shim modules ``path`` imports, wherever the import statement stands."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                if sub in known:
+                    out.add(sub)
+                elif node.module in known:
+                    out.add(node.module)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {m: imports_of(p, known) - {m} for m, p in mods.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_checker_finds_a_cycle_hidden_in_a_function(tmp_path: Path) -> None:
+    a = tmp_path / "a.py"
+    a.write_text("import b\n")
+    b = tmp_path / "b.py"
+    b.write_text("def f():\n    import a\n")
+    g = {"a": imports_of(a, {"a", "b"}), "b": imports_of(b, {"a", "b"})}
+    assert cycles(g) == [["a", "b"]]
+
+
+def test_shim_has_no_import_cycle() -> None:
+    assert cycles(graph()) == []
+
+
+def test_layers_import_only_layers_below_them() -> None:
+    g = graph()
+    for i, layer in enumerate(LAYERS):
+        above = set(LAYERS[i + 1:])
+        assert not g[layer] & above, f"{layer} imports {g[layer] & above}"
+
+
+def test_nothing_below_the_runtime_imports_it_or_the_layers() -> None:
+    g = graph()
+    for m, deps in g.items():
+        if m.startswith(("shim.soft", "shim.handlers")) or m in ("shim.summary", "shim.marshal", "shim.backend"):
+            assert not {d for d in deps if d.startswith("shim.layers") or d == "shim.runtime"}, m
