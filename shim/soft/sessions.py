@@ -31,37 +31,34 @@ class Session:
     find: list[int] | None = None  # an active C_FindObjects: shim objects still to hand out
 
 
-class SessionTable:
+class SessionTable(dict[int, Session]):
+    """Session handle -> :class:`Session`.  A dict, so the per-call look-up (``get``) costs no
+    Python frame; changes that walk the table take the lock."""
+
     def __init__(self) -> None:
-        self._sessions: dict[int, Session] = {}
+        super().__init__()
         self._lock = threading.Lock()
 
-    def get(self, handle: int) -> Session | None:
-        return self._sessions.get(handle)
-
     def slot_of(self, handle: int) -> int | None:
-        s = self._sessions.get(handle)
+        s = self.get(handle)
         return None if s is None else s.slot
 
     def open(self, handle: int, slot: int) -> Session:
         """A new session (a reused handle number starts afresh)."""
         s = Session(handle, slot)
         with self._lock:
-            self._sessions[handle] = s
+            self[handle] = s
         return s
 
     def close(self, handle: int) -> None:
         with self._lock:
-            self._sessions.pop(handle, None)
+            self.pop(handle, None)
 
     def close_slot(self, slot: int) -> None:
         with self._lock:
-            for h in [h for h, s in self._sessions.items() if s.slot == slot]:
-                del self._sessions[h]
+            for h in [h for h, s in self.items() if s.slot == slot]:
+                del self[h]
 
     def clear(self) -> None:
         with self._lock:
-            self._sessions.clear()
-
-    def __len__(self) -> int:
-        return len(self._sessions)
+            super().clear()
