@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from shim.call import INTERNAL, Table
 from shim.handlers import digest, info, mechanisms, objects, random, sessions, sign, verify
@@ -57,12 +56,14 @@ OVERRIDES: dict[str, Handler] = {
 
 
 class Completion:
-    def __init__(self, below: Table, **settings: Any) -> None:
+    def __init__(self, below: Table, *, mask_functions: frozenset[str] = frozenset(),
+                 mask_mechanisms: frozenset[int] = frozenset(), advertise_keygen: bool = True) -> None:
         self.below = below
         # The shim's own calls to the card (and the card half of completed calls) go below with
         # a call object that is never recorded: only the application's call is.
         card = {name: partial(fn, INTERNAL) for name, fn in below.items()}
-        self.state = CompletionState(card, **settings)
+        self.state = CompletionState(card, mask_functions=mask_functions, mask_mechanisms=mask_mechanisms,
+                                     advertise_keygen=advertise_keygen)
 
     def table(self) -> Table:
         return {name: partial(OVERRIDES[name], self.state) if name in OVERRIDES else fn
