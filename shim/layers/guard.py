@@ -18,7 +18,6 @@ from shim.call import Call, LayerFn, Table
 from shim.constants import CKR, InitFlag
 from shim.errors import PKCS11Error
 
-OVERRIDES = ("C_Initialize", "C_Finalize")
 BEFORE_INIT = frozenset({"C_Initialize"})  # C_GetFunctionList is answered in C
 
 
@@ -34,8 +33,12 @@ class Guard:
         self.inherited = False  # state came from the parent across fork()
         self._fork_generation = cabi.lib.sc4_fork_generation
 
+    def overrides(self) -> Table:
+        """The functions the guard serves itself; every function, its own or not, passes the gate."""
+        return {"C_Initialize": self.initialize, "C_Finalize": self.finalize}
+
     def table(self) -> Table:
-        own: Table = {"C_Initialize": self.initialize, "C_Finalize": self.finalize}
+        own = self.overrides()
         return {name: self._gate(name, own.get(name, fn)) for name, fn in self.below.items()}
 
     def denied(self, name: str) -> bool:

@@ -13,6 +13,7 @@ from unit_stack import FFI, P256_PARAMS, Stack, add_ec_private_key, ulong
 
 from shim import cabi
 from shim.constants import CKA, CKK, CKM, CKO, CKR, MechanismFlag, SessionFlag
+from shim.layers.completion import OVERRIDES
 from shim.soft.hashsign import HashThenSign
 from shim.soft.objects import HANDLE_BASE
 from shim.soft.operations import CardOperation
@@ -189,3 +190,14 @@ def test_finalize_forgets_sessions_and_objects(stack: Stack) -> None:
     assert stack.entries["C_Finalize"](cabi.NULL) == CKR.OK
     assert len(stack.completion.state.sessions) == 0 and stack.completion.state.objects.get(ph[0]) is None
     assert stack.entries["C_Initialize"](cabi.NULL) == CKR.OK
+
+
+def test_a_function_no_layer_overrides_is_the_base_forwarder_under_the_gate(stack: Stack) -> None:
+    base = stack.base.table()
+    completion = stack.completion.table()
+    fixups = stack.fixups.table()
+    assert "C_Login" not in OVERRIDES and "C_GetSlotList" not in OVERRIDES
+    assert completion["C_GetSlotList"].__name__ == base["C_GetSlotList"].__name__ == "forward_C_GetSlotList"
+    assert fixups["C_GetSlotList"] is completion["C_GetSlotList"]  # no session, no rewrite: not wrapped
+    assert fixups["C_Login"] is not completion["C_Login"]  # a session function: the removal check
+    assert set(stack.guard.overrides()) == {"C_Initialize", "C_Finalize"}
