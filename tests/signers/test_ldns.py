@@ -43,7 +43,7 @@ pkcs11 = pkcs11_section
 engine_id = pkcs11
 dynamic_path = {engine}
 MODULE_PATH = {bench.module}
-init = 0
+init = 1
 """
     )
     return cnf
