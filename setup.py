@@ -3,27 +3,19 @@
 import os
 import sys
 import sysconfig
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
 from shim import _build  # noqa: E402
 
 GEN = os.path.join("build", "sc4gen")
 EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 LIBDIR = sysconfig.get_config_var("LIBDIR")
 LIBPYTHON, LIBPYTHON_SONAME = _build.libpython()
-
-
-def generate() -> tuple[str, str]:
-    os.makedirs(GEN, exist_ok=True)
-    core_c = os.path.join(GEN, _build.CORE_MODULE + ".c")
-    _build.core_ffi().emit_c_code(core_c)
-    stub_c = os.path.join(GEN, "sc4_stub.c")
-    with open(stub_c, "w") as f:
-        f.write(_build.stub_source())
-    return core_c, stub_c
 
 
 class BuildModule(build_ext):
@@ -36,23 +28,28 @@ class BuildModule(build_ext):
         return super().get_ext_filename(fullname)
 
 
-core_c, stub_c = generate()
+def _relative(paths: list[str]) -> list[str]:
+    return [os.path.relpath(p, ROOT) for p in paths]
+
+
+core_sources, stub_sources = _build.generate(Path(ROOT) / GEN)
+include_dirs = [os.path.join("shim", "c"), GEN]
 setup(
     cmdclass={"build_ext": BuildModule},
     ext_modules=[
         Extension(
             "shim." + _build.CORE_MODULE,
-            sources=[core_c],
-            include_dirs=["shim/c"],
-            libraries=[f"python{sysconfig.get_config_var('LDVERSION')}", "dl"],
+            sources=_relative(core_sources),
+            include_dirs=include_dirs,
+            libraries=[f"python{sysconfig.get_config_var('LDVERSION')}", "dl", "pthread"],
             library_dirs=[LIBDIR],
             extra_link_args=[f"-Wl,-rpath,{LIBDIR}"],
             py_limited_api=False,
         ),
         Extension(
             "shim.libsc4dnssec",
-            sources=[stub_c],
-            include_dirs=["shim/c"],
+            sources=_relative(stub_sources),
+            include_dirs=include_dirs,
             libraries=["dl", "pthread"],
             define_macros=[
                 ("SC4_CORE_NAME", f'"{_build.CORE_MODULE}{EXT_SUFFIX}"'),

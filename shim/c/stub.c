@@ -5,25 +5,38 @@
  *    RTLD_DEEPBIND (pkcs11-provider).  The stub loads libpython and the cffi
  *    core with RTLD_GLOBAL and without DEEPBIND, so extension modules find
  *    libpython's symbols and Python, cffi and the host share one allocator;
+ *  - the stub starts the interpreter itself, isolated from the host's
+ *    environment (shim/c/interpreter.c), before cffi would start a default
+ *    one; any failure to start is CKR_GENERAL_ERROR and a message on
+ *    stderr/syslog, never an abort of the host;
  *  - a failed Python start makes cffi return 0 (= CKR_OK) from every entry;
- *    the stub turns it into CKR_GENERAL_ERROR and a message on stderr/syslog;
+ *    the stub turns it into CKR_GENERAL_ERROR as well;
  *  - C_GetFunctionList / C_GetInterface* answer without starting Python.
- * Every C_* entry point below is exported (BIND 9.16 dlsyms each name). */
+ * Every C_* entry point is exported (BIND 9.16 dlsyms each name); the
+ * forwarding entries are generated (sc4_stub_entries.c). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <syslog.h>
-#include "cryptoki.h"
+#include "stub.h"
+#include "sc4_ckr.h"
 
-#define SC4_CKR_OK 0x0UL
-#define SC4_CKR_GENERAL_ERROR 0x5UL
-#define SC4_CKR_ARGUMENTS_BAD 0x7UL
-#define SC4_CKR_BUFFER_TOO_SMALL 0x150UL
-
+/* The core's list once loaded and booted; read without the lock on the hot
+ * path.  load_lock covers the one attempt to load, and is held across fork()
+ * so that a child never inherits a half-done start. */
 static CK_FUNCTION_LIST *core;
-static pthread_once_t core_once = PTHREAD_ONCE_INIT;
+static int load_tried;
+static pthread_mutex_t load_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP; /* a fork during the start */
+
+/* The core's at-fork work on the interpreter (shim/c/interpreter.c), known
+ * once the core is loaded.  Called from here rather than registered by the
+ * core so that the order is fixed: load_lock first, then the GIL, as a start
+ * in another thread takes them. */
+static void (*core_fork_prepare)(void);
+static void (*core_fork_parent)(void);
+static void (*core_fork_child)(void);
 
 static void report(const char *what, const char *detail)
 {
@@ -31,11 +44,38 @@ static void report(const char *what, const char *detail)
     syslog(LOG_ERR, "smartcards4dnssec: %s: %s", what, detail ? detail : "");
 }
 
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&load_lock);
+    if (core_fork_prepare)
+        core_fork_prepare();
+}
+
+static void fork_parent(void)
+{
+    if (core_fork_parent)
+        core_fork_parent();
+    pthread_mutex_unlock(&load_lock);
+}
+
+static void fork_child(void)
+{
+    if (core_fork_child)
+        core_fork_child();
+    pthread_mutex_unlock(&load_lock);
+}
+
+__attribute__((constructor)) static void stub_init(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 static void load_core(void)
 {
     Dl_info self;
-    char path[4096];
+    char path[4096], err[512];
     void *handle;
+    int (*start)(char *, size_t);
     int (*boot)(void);
     CK_FUNCTION_LIST *(*functions)(void);
 
@@ -60,38 +100,54 @@ static void load_core(void)
         report("cannot load the Python core", dlerror());
         return;
     }
+    start = (int (*)(char *, size_t))dlsym(handle, "sc4_start_python");
     boot = (int (*)(void))dlsym(handle, "sc4_boot");
     functions = (CK_FUNCTION_LIST * (*)(void)) dlsym(handle, "sc4_core_functions");
-    if (!boot || !functions) {
+    core_fork_prepare = (void (*)(void))dlsym(handle, "sc4_fork_prepare");
+    core_fork_parent = (void (*)(void))dlsym(handle, "sc4_fork_parent");
+    core_fork_child = (void (*)(void))dlsym(handle, "sc4_fork_child");
+    if (!start || !boot || !functions || !core_fork_prepare || !core_fork_parent || !core_fork_child) {
+        core_fork_prepare = core_fork_parent = core_fork_child = NULL;
         report("the Python core lacks its entry points", path);
+        return;
+    }
+    if (!start(err, sizeof err)) {
+        report("the embedded Python failed to start", err);
         return;
     }
     if (!boot()) {
         report("the embedded Python failed to start (traceback above)", path);
         return;
     }
-    core = functions();
+    __atomic_store_n(&core, functions(), __ATOMIC_RELEASE);
 }
 
-static int ready(void)
+CK_FUNCTION_LIST *sc4_stub_core(void)
 {
-    pthread_once(&core_once, load_core);
-    return core != NULL;
+    CK_FUNCTION_LIST *list = __atomic_load_n(&core, __ATOMIC_ACQUIRE);
+    if (list)
+        return list;
+    pthread_mutex_lock(&load_lock);
+    if (!load_tried) {
+        load_tried = 1;
+        load_core();
+    }
+    list = core;
+    pthread_mutex_unlock(&load_lock);
+    return list;
 }
-
-static CK_FUNCTION_LIST stub_list;
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
 {
     if (!ppFunctionList)
         return SC4_CKR_ARGUMENTS_BAD;
-    *ppFunctionList = &stub_list;
+    *ppFunctionList = &sc4_stub_list;
     return SC4_CKR_OK;
 }
 
 /* PKCS#11 3.0 discovery, offering the v2.40 list: DNSSEC signers need
  * nothing from 3.0, and a 3.0 table would be 24 more functions to fake. */
-static CK_INTERFACE interface_v240 = {(CK_CHAR *)"PKCS 11", &stub_list, 0};
+static CK_INTERFACE interface_v240 = {(CK_CHAR *)"PKCS 11", &sc4_stub_list, 0};
 
 CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
 {
@@ -124,6 +180,3 @@ CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
     *ppInterface = &interface_v240;
     return SC4_CKR_OK;
 }
-
-/* Generated below: struct CK_FUNCTION_LIST, one forwarding entry point per
- * function, and the stub's function list. */
