@@ -12,12 +12,17 @@
  *     no progress for CHILD_TIMEOUT seconds is killed by SIGALRM and counted
  *     as hung, and the host stops forking at the first hung child.
  *     Prints "forks=N ok=N hung=0 failed=0" (forks = children started).
+ *   hostile_host MODULE discover LIBPYTHON_SONAME
+ *     C_GetFunctionList, C_GetInterfaceList, C_GetInterface only; prints
+ *     "slots=68 null=0 interfaces=1 python_loaded=0": how many function-list
+ *     slots there are, how many are NULL, and whether libpython is loaded.
  * Exit status 0 when the host ran to the end (whatever the CKRs were). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <locale.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,6 +127,30 @@ static int forks(int count)
     return 0;
 }
 
+static int discover(void *h, const char *libpython)
+{
+    CK_RV (*list)(CK_INTERFACE_PTR, CK_ULONG_PTR) = (CK_RV (*)(CK_INTERFACE_PTR, CK_ULONG_PTR))dlsym(h, "C_GetInterfaceList");
+    CK_RV (*one)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) =
+        (CK_RV (*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(h, "C_GetInterface");
+    CK_INTERFACE ifaces[4];
+    CK_INTERFACE_PTR iface = NULL;
+    CK_ULONG count = 4;
+    size_t first = offsetof(CK_FUNCTION_LIST, C_Initialize);
+    size_t slots = (sizeof(CK_FUNCTION_LIST) - first) / sizeof(void *);
+    void *const *slot = (void *const *)((const char *)p11 + first);
+    int null = 0;
+
+    for (size_t i = 0; i < slots; i++)
+        null += slot[i] == NULL;
+    if (!list || !one || list(ifaces, &count) != CKR_OK || one(NULL, NULL, &iface, 0) != CKR_OK || !iface) {
+        fprintf(stderr, "FAIL C_GetInterfaceList / C_GetInterface\n");
+        return 2;
+    }
+    printf("slots=%zu null=%d interfaces=%lu python_loaded=%d\n", slots, null, count,
+           dlopen(libpython, RTLD_NOW | RTLD_NOLOAD) != NULL);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     void *h;
@@ -129,7 +158,7 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS\n");
+        fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS | MODULE discover LIBPYTHON\n");
         return 64;
     }
     h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -147,6 +176,8 @@ int main(int argc, char **argv)
         return start();
     if (!strcmp(argv[2], "fork") && argc == 4)
         return forks(atoi(argv[3]));
-    fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS\n");
+    if (!strcmp(argv[2], "discover") && argc == 4)
+        return discover(h, argv[3]);
+    fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS | MODULE discover LIBPYTHON\n");
     return 64;
 }

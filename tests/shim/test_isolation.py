@@ -257,6 +257,18 @@ def test_threaded_host_forking_fifty_times_never_hangs_a_child(shim_env, hostile
     assert len(child_inits) == 51  # the parent and each of the 50 children
 
 
+def test_discovery_answers_from_c_without_starting_python(shim_env, hostile_host):
+    """C_GetFunctionList and C_GetInterface* come from the loader: libpython is not even loaded, and
+    every one of the 68 slots points at a function."""
+    from shim import _build
+
+    _, soname = _build.libpython()
+    proc = subprocess.run([str(hostile_host), shim_env.module, "discover", soname], env=shim_env.env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "slots=68 null=0 interfaces=1 python_loaded=0", proc.stdout + proc.stderr
+
+
 def test_generated_sources_say_so_and_ckr_macros_match_constants():
     from shim import _build
     from shim.constants import CKR
