@@ -19,6 +19,7 @@ in its first line.
 
 from __future__ import annotations
 
+import os
 import site
 import sys
 import sysconfig
@@ -69,11 +70,10 @@ def _c_string(value: str) -> str:
 def site_dirs() -> list[str]:
     """Where the building interpreter finds packages (its venv's site-packages, or the system's):
     the embedded interpreter starts without ``site`` and is given these instead."""
-    dirs = list(site.getsitepackages())
-    paths = sysconfig.get_paths()
-    for extra in (paths["purelib"], paths["platlib"]):
-        if extra not in dirs:
-            dirs.append(extra)
+    dirs: list[str] = []
+    for d in [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]:
+        if d not in dirs and os.path.isdir(d):
+            dirs.append(d)
     return dirs
 
 

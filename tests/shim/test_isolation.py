@@ -25,11 +25,11 @@ from shim._build import function_list_struct
 HERE = Path(__file__).resolve().parent
 PY_VER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-# An unprivileged user who may still read root's files: on some machines the interpreter the
-# module is built with lives under /root.  DAC_READ_SEARCH lets it read; uid, gid and HOME are
-# nobody's, which is what decides whether Python would enable a user site directory.
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# Only when what the module runs is unreadable for nobody (a pyenv tree under /root, tox's 0700
+# .tox holding the venv): nobody may then read (not write) root's files.  uid and gid stay nobody's, and they are
+# what decides whether Python would enable a user site directory.
+READ_ANYTHING = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
 START_OK = "init=0x0 info=0x0 slots=0x0 final=0x0"
 
 
@@ -41,6 +41,16 @@ def hostile_host(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["gcc", "-O1", "-Wall", "-o", str(exe), str(HERE / "hostile_host.c"), f"-I{d}",
                     f"-I{HERE.parent.parent / 'shim' / 'c'}", "-ldl", "-lpthread"], check=True)
     return exe
+
+
+@pytest.fixture(scope="session")
+def as_nobody(hostile_host: Path) -> list[str]:
+    from shim import _build
+    from shim.locate import module_path
+
+    needed = [_build.libpython()[0], module_path(), str(Path(sysconfig.get_paths()["purelib"]) / "cffi")]
+    probe = AS_NOBODY + ["sh", "-c", 'for f; do test -r "$f" || exit 1; done', "sh", *needed]
+    return AS_NOBODY if subprocess.run(probe).returncode == 0 else AS_NOBODY + READ_ANYTHING
 
 
 @pytest.fixture
@@ -183,15 +193,19 @@ def _softhsm() -> str:
 
 @pytest.mark.parametrize("user", ["root", "nobody"])
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_python_environment_changes_nothing(shim_env, hostile_host, tmp_path, shared_dir, name, user):
+def test_hostile_python_environment_changes_nothing(shim_env, hostile_host, as_nobody, shared_dir, name, user):
+    """Planted files live in a directory nobody can read too, so that the code would run for nobody."""
     if os.geteuid() != 0:
         pytest.skip("needs root (to run as root and as nobody)")
-    tmp_path.chmod(0o755)
-    hostile = _hostile(name, shim_env, tmp_path, shared_dir)
-    argv = [str(hostile_host), shim_env.module, "start"]
+    trees = shared_dir / "trees"
+    trees.mkdir(mode=0o755)
+    host = shared_dir / "hostile_host"
+    shutil.copy2(hostile_host, host)
+    hostile = _hostile(name, shim_env, trees, shared_dir)
+    argv = [str(host), shim_env.module, "start"]
     if user == "nobody":
         hostile.env.update(_nobody_can_use(shim_env, shared_dir))
-        argv = AS_NOBODY + argv
+        argv = as_nobody + argv
     proc = subprocess.run(argv, env=hostile.env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"host died ({proc.returncode}):\n{proc.stderr[-3000:]}"
     assert proc.stdout.splitlines()[0] == START_OK, proc.stdout + proc.stderr[-3000:]
