@@ -68,10 +68,15 @@ def _c_string(value: str) -> str:
 
 
 def site_dirs() -> list[str]:
-    """Where the building interpreter finds packages (its venv's site-packages, or the system's):
-    the embedded interpreter starts without ``site`` and is given these instead."""
+    """Where the embedded interpreter finds packages, in order: the building interpreter's own
+    (its venv's site-packages), then its base installation's (``/usr/lib/python3/dist-packages``
+    on Debian).  The second serve a host that cannot read the venv (a daemon user and a 0700
+    ``.tox``); both are the build's, never the host's environment.  The embedded interpreter
+    starts without ``site`` and is given exactly these."""
+    candidates = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                  *site.getsitepackages([sys.base_prefix])]
     dirs: list[str] = []
-    for d in [*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]:
+    for d in candidates:
         if d not in dirs and os.path.isdir(d):
             dirs.append(d)
     return dirs
