@@ -2,9 +2,9 @@
 
 shim/_build.py hands this file's text to ``ffi.embedding_init_code``; it is not imported.  The
 interpreter was started isolated (shim/c/interpreter.c): ``sys.path`` holds the standard library
-of the interpreter that built the module and nothing else.  This adds the shim's own root and that
-interpreter's site directories (its venv), then boots the shim.  In a Python host the
-interpreter is the host's; the same directories are added if missing.
+of the interpreter that built the module and the site directories the build recorded, nothing
+else.  This adds the shim's own root, processes those directories' .pth files, then boots the
+shim.  In a Python host the interpreter is the host's; the same directories are added if missing.
 """
 
 import os

@@ -11,9 +11,9 @@
  *  - home and executable fixed to the building interpreter's, so the prefix
  *    is never searched for along PATH;
  *  - no "site" import: no sitecustomize or usercustomize, no .pth file of a
- *    directory the module was not built with; the building interpreter's
- *    site directories are added here and their .pth files processed by the
- *    init code;
+ *    directory the build did not record; the recorded site directories
+ *    (shim/_build.py site_dirs) are added here and their .pth files
+ *    processed by the init code;
  *  - the host's locale untouched (configure_locale = 0) and Python's own
  *    text encoding UTF-8 whatever that locale is;
  *  - no signal handlers: signals belong to the host.
@@ -24,9 +24,9 @@
  * help the GIL stays held by a thread that no longer exists and the child's
  * first call waits forever.  When the interpreter is ours, the at-fork
  * handlers (sc4_fork_*, called by the loader's, which first wait for a start
- * in progress to finish) do what CPython's os.fork() does: take the GIL and the import lock
- * before fork (PyOS_BeforeFork), and in the child re-create them and drop the
- * other threads' states (PyOS_AfterFork_Child).  Taking the GIL cannot
+ * in progress to finish) do what CPython's os.fork() does: take the GIL and
+ * the import lock before fork (PyOS_BeforeFork), and in the child re-create
+ * them and drop the other threads' states (PyOS_AfterFork_Child).  Taking the GIL cannot
  * deadlock the parent: a thread inside a backend call runs without the GIL
  * (cffi releases it around C calls) and waits for it only after the backend
  * returns, by which time the forking thread has given it back.  In a Python
@@ -55,9 +55,9 @@ static int failed(const char *step, PyStatus status, char *err, size_t errlen)
     return 0;
 }
 
-/* cffi imports _cffi_backend before the init code runs, so the building
- * interpreter's site directories go on sys.path here; the init code then
- * processes their .pth files (site.addsitedir). */
+/* cffi imports _cffi_backend before the init code runs, so the recorded site
+ * directories go on sys.path here; the init code then processes their .pth
+ * files (site.addsitedir). */
 static int add_site_dirs(char *err, size_t errlen)
 {
     PyObject *path = PySys_GetObject("path"); /* borrowed */
