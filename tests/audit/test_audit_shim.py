@@ -22,7 +22,7 @@ SIGNER = ROOT / "tests" / "reliability" / "signer.py"
 
 @pytest.fixture(scope="module")
 def card(tmp_path_factory: pytest.TempPathFactory) -> CardInfo:
-    return make_softhsm(tmp_path_factory.mktemp("audit-softhsm"), cardlike=False)
+    return make_softhsm(tmp_path_factory.mktemp("audit-softhsm"))
 
 
 def signer(card: CardInfo, log: str, work: Path, *args: str, on_failure: str = "fail-closed",

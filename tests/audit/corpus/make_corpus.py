@@ -213,7 +213,7 @@ def main() -> int:
     v_old, v_new = f"v{a.old_version}", f"v{schema.FORMAT_VERSION}"
     with tempfile.TemporaryDirectory(prefix="sc4-corpus-") as tmp:
         work = Path(tmp)
-        info = make_softhsm(work / "token", cardlike=False)
+        info = make_softhsm(work / "token")
         (work / "none.toml").write_text("")
         keys = work / "keys"
         old.run(["-m", "shim.audit.cli", "keygen", str(keys)], {})
