@@ -43,6 +43,7 @@ class Config:
     mask_functions: frozenset[str] = frozenset()
     mask_mechanisms: frozenset[int] = frozenset()
     advertise_keygen: bool = True
+    eddsa_keygen_alias: bool = True
     allow_functions: frozenset[str] | None = None
     source: str = "defaults"
     raw: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
@@ -119,6 +120,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         mask_functions=_functions(mask.get("functions", []), "[mask] functions"),
         mask_mechanisms=frozenset(_mechanism(m) for m in mask.get("mechanisms", [])),
         advertise_keygen=bool(compat.get("advertise_keygen", True)),
+        eddsa_keygen_alias=bool(compat.get("eddsa_keygen_alias", True)),
         allow_functions=None if allow is None else _functions(allow, "[policy] allow_functions"),
         source=source,
         raw=data,
@@ -169,7 +171,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[object, str], object]]] = {
         "syslog_socket": _is_str,
     },
     "mask": {"functions": _functions, "mechanisms": _mechanisms},
-    "compat": {"advertise_keygen": _is_bool},
+    "compat": {"advertise_keygen": _is_bool, "eddsa_keygen_alias": _is_bool},
     "policy": {"allow_functions": _functions},
 }
 

@@ -52,7 +52,8 @@ class Shim:
         # The stack, bottom up.
         self.base = Base()
         self.completion = Completion(self.base.table(), mask_functions=cfg.mask_functions,
-                                     mask_mechanisms=cfg.mask_mechanisms, advertise_keygen=cfg.advertise_keygen)
+                                     mask_mechanisms=cfg.mask_mechanisms, advertise_keygen=cfg.advertise_keygen,
+                                     eddsa_keygen_alias=cfg.eddsa_keygen_alias)
         self.fixups = Fixups(self.completion.table(), slot_of=self.completion.state.sessions.slot_of)
         self.guard = Guard(self.fixups.table(), allow=cfg.allow_functions, load_backend=self.load_backend,
                            on_fork=(self.audit.after_fork, self.completion.reset))
@@ -68,6 +69,7 @@ class Shim:
                                             "mask_functions": sorted(cfg.mask_functions),
                                             "mask_mechanisms": sorted(cfg.mask_mechanisms),
                                             "advertise_keygen": cfg.advertise_keygen,
+                                            "eddsa_keygen_alias": cfg.eddsa_keygen_alias,
                                             "allow_functions": None if allow is None else sorted(allow)},
                             error=self.boot_error)
 

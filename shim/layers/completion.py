@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 
 from shim.call import INTERNAL, Table
-from shim.handlers import digest, info, mechanisms, objects, random, sessions, sign, verify
+from shim.handlers import digest, info, keygen, mechanisms, objects, random, sessions, sign, verify
 from shim.soft.state import CompletionState
 
 Handler = Callable[..., int]
@@ -50,6 +50,7 @@ OVERRIDES: dict[str, Handler] = {
     "C_Verify": verify.verify,
     "C_VerifyUpdate": verify.verify_update,
     "C_VerifyFinal": verify.verify_final,
+    "C_GenerateKeyPair": keygen.generate_key_pair,
     "C_SeedRandom": random.seed_random,
     "C_GenerateRandom": random.generate_random,
 }
@@ -57,13 +58,14 @@ OVERRIDES: dict[str, Handler] = {
 
 class Completion:
     def __init__(self, below: Table, *, mask_functions: frozenset[str] = frozenset(),
-                 mask_mechanisms: frozenset[int] = frozenset(), advertise_keygen: bool = True) -> None:
+                 mask_mechanisms: frozenset[int] = frozenset(), advertise_keygen: bool = True,
+                 eddsa_keygen_alias: bool = True) -> None:
         self.below = below
         # The shim's own calls to the card (and the card half of completed calls) go below with
         # a call object that is never recorded: only the application's call is.
         card = {name: partial(fn, INTERNAL) for name, fn in below.items()}
         self.state = CompletionState(card, mask_functions=mask_functions, mask_mechanisms=mask_mechanisms,
-                                     advertise_keygen=advertise_keygen)
+                                     advertise_keygen=advertise_keygen, eddsa_keygen_alias=eddsa_keygen_alias)
 
     def table(self) -> Table:
         return {name: partial(OVERRIDES[name], self.state) if name in OVERRIDES else fn
