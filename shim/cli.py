@@ -101,8 +101,6 @@ def _remote_serve(args: argparse.Namespace) -> int:
     except remote.RemoteError as e:
         print(f"remote serve: {e}", file=sys.stderr)
         return 2
-    sys.stdout.write(remote.sh_lines({"P11_KIT_SERVER_ADDRESS": remote.address(sock)}))
-    sys.stdout.flush()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
