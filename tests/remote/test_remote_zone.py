@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from .conftest import Remote
-from .test_remote_sign import audit_verify
+from .test_remote_sign import audit_join, audit_verify
 
 pytestmark = pytest.mark.remote
 
@@ -130,6 +130,13 @@ def test_link_drop_mid_signzone(link: Remote, tmp_path: Path) -> None:
                    if r["epoch"] == card_epoch and r["rv"] == "CKR_OK"]
     lost = [h for h in card_signed if h not in got]
     assert len(lost) <= 1 and set(lost) <= asked, lost
+    # audit join tells the same: everything explained, the lost answer (if any) named as lost.
+    code, joined = audit_join(link)
+    assert code == 0 and not joined["unexplained"], joined
+    pair = next(p for p in joined["pairs"] if p["signer"]["pid"] == proc.pid)
+    assert pair["card"]["epoch"] == card_epoch, pair
+    by_seq = {r["seq"]: r for r in signer}
+    assert [by_seq[s]["args"]["data_sha256"] for s, _c in joined["lost"] if s in by_seq] == lost, joined["lost"]
     audit_verify(link.signer.audit_log)
     audit_verify(link.card_shim.audit_log)
 
