@@ -40,7 +40,6 @@ PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "op
             "ldns-verify-zone": "ldnsutils"}
 # A wait for a daemon or a socket to come up; it bounds a wait, it is not a measurement.
 STARTUP = 30.0
-# What the tests must stop (start them again as the test needs).
 _HIDE = """set -e
 n=$1; shift
 while [ "$n" -gt 0 ]; do mount -t tmpfs -o mode=0700,size=64k sc4-other-host "$1"; shift; n=$((n-1)); done
@@ -179,6 +178,8 @@ AllowTcpForwarding {forwarding}
 AllowAgentForwarding no
 AllowStreamLocalForwarding yes
 StreamLocalBindUnlink yes
+ClientAliveInterval 2
+ClientAliveCountMax 3
 LogLevel VERBOSE
 """)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
@@ -202,6 +203,14 @@ class Remote:
     card_shim: ShimProcesses  # the shim inside p11-kit-remote on the card host
     signer: ShimProcesses  # the shim over p11-kit-client.so on the signer host
     env_doc: dict[str, Any]  # `sc4dnssec remote env --format json`
+    wire: str = ""  # the card host's end of the veth pair
+
+    def cut(self) -> None:
+        """Take the network between the hosts down: ssh is left running, nothing answers it."""
+        _ip("-n", self.card_host.netns, "link", "set", self.wire, "down")
+
+    def mend(self) -> None:
+        _ip("-n", self.card_host.netns, "link", "set", self.wire, "up")
 
     def ssh_options(self) -> list[str]:
         return ["-F", "/dev/null", "-i", str(self.keys / "client_key"), "-o", "IdentitiesOnly=yes",
@@ -290,13 +299,20 @@ def remote(card: CardInfo) -> Iterator[Remote]:
                                                   {})
         r = Remote(ch, sh, card, keys, card_socket, signer_socket,
                    ShimProcesses(module, card_env, card_log), ShimProcesses(doc["module"], signer_env, signer_log),
-                   doc)
+                   doc, wire=f"vc{tag}")
         r.link_up()
         yield r
     finally:
         for h in (sh, ch):
             h.stop_all()
         for ns in made:
+            # what sshd forked for a session (and its p11-kit-remote) lives in the namespace: end it by PID
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         if not os.environ.get("SC4_REMOTE_KEEP"):
             shutil.rmtree(work, ignore_errors=True)

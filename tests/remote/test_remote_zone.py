@@ -89,9 +89,12 @@ def test_ldns_signzone_with_the_remote_card(link: Remote, tmp_path: Path) -> Non
     audit_verify(link.card_shim.audit_log)
 
 
-def test_link_drop_mid_signzone(link: Remote, tmp_path: Path) -> None:
-    """ssh killed while ldns-signzone signs: the signer gets an error and exits within the hang
-    bound instead of waiting; with the link back a new run signs the zone."""
+@pytest.mark.parametrize("drop", ["kill-ssh", "cut-network"])
+def test_link_drop_mid_signzone(link: Remote, tmp_path: Path, drop: str) -> None:
+    """The link drops while ldns-signzone signs: ssh killed (the socket closes at once), or the
+    network cut under a running ssh (ssh gives up after ServerAliveInterval x ServerAliveCountMax,
+    here 2 x 3 s, then the socket closes). The signer gets an error and exits within the hang bound
+    instead of waiting; with the link back a new run signs the zone."""
     cmd, zone = signzone(link, tmp_path, 3000, zsk=False)
     env = link.sign_env(OPENSSL_CONF=str(engine_cnf(link, tmp_path)))
     before = len(link.card_shim.calls("C_Sign"))
@@ -102,7 +105,10 @@ def test_link_drop_mid_signzone(link: Remote, tmp_path: Path) -> None:
         assert proc.poll() is None, f"ldns-signzone ended before the link dropped: {proc.communicate()}"
         assert time.monotonic() < deadline, "ldns-signzone made no progress"
         time.sleep(0.05)
-    link.link_down(signal.SIGKILL)
+    if drop == "kill-ssh":
+        link.link_down(signal.SIGKILL)
+    else:
+        link.cut()
     try:
         out, err = proc.communicate(timeout=HANG)
     except subprocess.TimeoutExpired:
@@ -140,6 +146,8 @@ def test_link_drop_mid_signzone(link: Remote, tmp_path: Path) -> None:
     audit_verify(link.signer.audit_log)
     audit_verify(link.card_shim.audit_log)
 
+    if drop == "cut-network":
+        link.mend()
     link.link_up()
     again = tmp_path / "again"
     again.mkdir()
