@@ -31,12 +31,16 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from shim.audit.show import records, safe
-from shim.constants import CKM
-from shim.soft.hashsign import HASHED, digest_info
 
 CLIENT_MODULE = "p11-kit-client.so"
 SERVER_PROG = "p11-kit-remote"
 SIGN_FNS = frozenset({"C_Sign", "C_SignFinal"})
+#: The DER prefix of a SHA-256 DigestInfo (RFC 8017 section 9.2, note 1). The same table lives in
+#: shim/soft/hashsign.py, which audit tools may not import (tests/unit/test_imports.py).
+SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+#: Hash-then-sign mechanisms over SHA-256, by the name the signer's C_SignInit record gives,
+#: and whether the card is given a DigestInfo (PKCS#1 v1.5) rather than the bare digest.
+SHA256_HASHED = {"CKM_ECDSA_SHA256": False, "CKM_SHA256_RSA_PKCS": True, "CKM_SHA256_RSA_PKCS_PSS": False}
 
 
 def _ts(rec: dict[str, Any]) -> float:
@@ -98,13 +102,10 @@ def card_inputs(conn: Connection) -> dict[int, set[str]]:
         if r["fn"] not in SIGN_FNS or "data_sha256" not in args:
             continue
         cands = {args["data_sha256"]}
-        name = mech_by_session.get(args.get("session"), "")
-        hashed = HASHED.get(CKM[name[4:]]) if name.startswith("CKM_") and name[4:] in CKM.__members__ else None
-        if args.get("hashed_by") == "soft" and hashed is not None and hashed.hash == "sha256":
+        wrapped = SHA256_HASHED.get(mech_by_session.get(args.get("session"), ""))
+        if args.get("hashed_by") == "soft" and wrapped is not None:
             digest = bytes.fromhex(args["data_sha256"])
-            cands.add(hashlib.sha256(digest).hexdigest())
-            if hashed.raw == CKM.RSA_PKCS:
-                cands.add(hashlib.sha256(digest_info("sha256", digest)).hexdigest())
+            cands.add(hashlib.sha256(SHA256_DIGEST_INFO + digest if wrapped else digest).hexdigest())
         out[r["seq"]] = cands
     return out
 
