@@ -210,7 +210,18 @@ class Remote:
         _ip("-n", self.card_host.netns, "link", "set", self.wire, "down")
 
     def mend(self) -> None:
+        """Bring the network back; forget the neighbours that failed meanwhile (a FAILED entry
+        answers "No route to host" for a while)."""
         _ip("-n", self.card_host.netns, "link", "set", self.wire, "up")
+        for h in (self.card_host, self.signer_host):
+            _ip("-n", h.netns, "neigh", "flush", "all")
+
+        def up() -> bool:
+            out = subprocess.run(["ip", "-n", self.card_host.netns, "-o", "link", "show", self.wire],
+                                 capture_output=True, text=True).stdout
+            return "state UP" in out
+
+        wait_for("the network between the hosts", up)
 
     def ssh_options(self) -> list[str]:
         return ["-F", "/dev/null", "-i", str(self.keys / "client_key"), "-o", "IdentitiesOnly=yes",
