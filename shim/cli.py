@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from shim.locate import module_path
@@ -85,6 +86,87 @@ def _config_check(args: argparse.Namespace) -> int:
     return 1 if any(p.error for p in problems) else 0
 
 
+def _remote_serve(args: argparse.Namespace) -> int:
+    from shim import remote
+
+    try:
+        sock = args.socket or remote.default_socket()
+        env = remote.serve_env(os.environ, args.backend)
+        argv = remote.serve_argv(args.module or module_path(), sock, args.token or [remote.ALL_TOKENS],
+                                 user=args.user, group=args.group)
+        if args.dry_run:
+            print(shlex.join(argv))
+            return 0
+        remote.prepare_socket_dir(sock)
+    except remote.RemoteError as e:
+        print(f"remote serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        print(f"remote serve: {argv[0]}: {e} (apt-get install p11-kit)", file=sys.stderr)
+        return 2
+
+
+def _remote_env(args: argparse.Namespace) -> int:
+    import json
+
+    from shim import remote
+
+    try:
+        sock = args.socket or remote.default_socket()
+        env = remote.client_env(sock, args.client_module)
+    except remote.RemoteError as e:
+        print(f"remote env: {e}", file=sys.stderr)
+        return 2
+    fwd = remote.Forward(sock, args.card_socket or sock, args.alive_interval, args.alive_count)
+    local, back = fwd.local(args.card_host), fwd.remote(args.signer_host)
+    if args.format == "json":
+        doc = {"env": env, "module": args.module or module_path(), "ssh_local": local, "ssh_remote": back}
+        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+    elif args.format == "systemd":
+        sys.stdout.write(remote.systemd_lines(env))
+    else:
+        sys.stdout.write(remote.sh_lines(env))
+        sys.stdout.write(f"# the signer loads the shim as usual: {args.module or module_path()}\n"
+                         f"# forward the card's socket, from this host:\n#   {shlex.join(local)}\n"
+                         f"# or from the card host (this host's sshd: StreamLocalBindUnlink yes):\n"
+                         f"#   {shlex.join(back)}\n")
+    return 0
+
+
+def _add_remote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from shim import remote
+
+    p = sub.add_parser("remote", help="the card on another host, through p11-kit server and ssh (docs/remote.md)")
+    rsub = p.add_subparsers(dest="remote_command", required=True)
+    r = rsub.add_parser("serve", help="card host: export the shim over the card's module with p11-kit server")
+    r.add_argument("--backend", metavar="MODULE", help="the card's PKCS#11 module (default: SC4DNSSEC_BACKEND "
+                                                        "or the configuration file)")
+    r.add_argument("--socket", metavar="PATH", help="the server's unix socket (default: "
+                                                    "$XDG_RUNTIME_DIR/sc4dnssec/card.sock, root: /run/sc4dnssec/)")
+    r.add_argument("--token", action="append", metavar="URI", help="export only this token (repeatable; "
+                                                                   f"default {remote.ALL_TOKENS!r}, every slot)")
+    r.add_argument("--user", help="p11-kit server --user: who may connect to the socket")
+    r.add_argument("--group", help="p11-kit server --group: which group may connect to the socket")
+    r.add_argument("--module", help="shim module path (default: this installation's)")
+    r.add_argument("--dry-run", action="store_true", help="print the p11-kit command instead of running it")
+    r.set_defaults(func=_remote_serve)
+    r = rsub.add_parser("env", help="signer host: the shim's environment and the ssh forwarding command")
+    r.add_argument("--socket", metavar="PATH", help="the forwarded socket on this host (default as for serve)")
+    r.add_argument("--card-socket", metavar="PATH", help="the server's socket on the card host (default: --socket)")
+    r.add_argument("--card-host", default="CARD-HOST", help="ssh destination of the card host (for -L)")
+    r.add_argument("--signer-host", default="SIGNER-HOST", help="ssh destination of this host (for -R)")
+    r.add_argument("--alive-interval", type=int, default=remote.ALIVE_INTERVAL, metavar="SECONDS",
+                   help="ssh ServerAliveInterval: how often ssh checks the link")
+    r.add_argument("--alive-count", type=int, default=remote.ALIVE_COUNT, metavar="N",
+                   help="ssh ServerAliveCountMax: unanswered checks before ssh drops the link")
+    r.add_argument("--client-module", help="p11-kit-client.so (default: found under /usr/lib)")
+    r.add_argument("--module", help="shim module path (default: this installation's)")
+    r.add_argument("--format", choices=("sh", "systemd", "json"), default="sh")
+    r.set_defaults(func=_remote_env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sc4dnssec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     c = csub.add_parser("check", help="validate a configuration file; names the bad setting and its line")
     c.add_argument("file", nargs="?", help="the TOML file (default: SC4DNSSEC_CONF)")
     c.set_defaults(func=_config_check)
+    _add_remote(sub)
     from shim.audit import cli as audit_cli
 
     audit_cli.register(sub)

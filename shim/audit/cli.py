@@ -1,4 +1,4 @@
-"""``sc4dnssec audit ...``: verify, show, checkpoint, keygen, export.
+"""``sc4dnssec audit ...``: verify, show, checkpoint, keygen, export, join.
 
 ``shim.cli`` calls ``register(sub)`` and then ``args.func(args)``, which returns
 the exit code.  Standalone: ``python -m shim.audit.cli verify FILE``.
@@ -163,6 +163,21 @@ def _keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _join(args: argparse.Namespace) -> int:
+    from shim.audit.join import as_json, join, render
+
+    try:
+        j = join(args.signer_log, args.card_log)
+    except (OSError, ValueError) as e:
+        print(f"audit join: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        sys.stdout.write(as_json(j))
+    else:
+        render(j, sys.stdout, args.verbose)
+    return EXIT_TAMPERED if j.unexplained else EXIT_OK
+
+
 def add_commands(parser: argparse.ArgumentParser) -> None:
     """Add verify/show/checkpoint/export/keygen under ``parser``."""
     sub = parser.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
@@ -194,6 +209,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", help="detached checkpoint file (default FILE.checkpoints)")
     p.add_argument("--key", help="operator public key: check the signatures before exporting")
     p.set_defaults(func=_export)
+    p = sub.add_parser("join", help="pair a signer host's log with the card host's (remote card, docs/remote.md); "
+                                    "exit 1 if a signature is on one side only")
+    p.add_argument("signer_log", nargs="+", help="the signer host's log(s)")
+    p.add_argument("card_log", help="the card host's log (p11-kit server's shim)")
+    p.add_argument("--json", action="store_true", help="the pairs by seq, machine-readable")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every matched signature")
+    p.set_defaults(func=_join)
     p = sub.add_parser("keygen", help="make an operator Ed25519 key pair (PEM) in DIR")
     p.add_argument("dir")
     p.set_defaults(func=_keygen)
