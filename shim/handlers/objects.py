@@ -13,7 +13,7 @@ from shim.errors import PKCS11Error
 from shim.handlers.sessions import require_session
 from shim.marshal import read_template, write_attributes
 from shim.soft import card, pubkeys
-from shim.soft.objects import READ_ONLY, ObjectStore, SoftObject, complete_template
+from shim.soft.objects import READ_ONLY, SoftObject, complete_template
 from shim.soft.state import CompletionState
 
 _PUBLIC_ATTRS = (CKA.CLASS, CKA.KEY_TYPE, CKA.ID, CKA.LABEL, CKA.EC_PARAMS, CKA.EC_POINT, CKA.MODULUS,
@@ -32,7 +32,7 @@ def _template(ptr: Any, count: int) -> dict[int, bytes]:
 def _shim_object(st: CompletionState, h_obj: int) -> SoftObject | None:
     if h_obj == CK_INVALID_HANDLE:
         raise PKCS11Error(CKR.OBJECT_HANDLE_INVALID, "handle 0 is never an object")
-    if ObjectStore.is_shim_handle(int(h_obj)):
+    if st.objects.is_shim_handle(int(h_obj)):
         return st.objects.require(int(h_obj))
     return None
 
@@ -193,6 +193,7 @@ def find_objects(st: CompletionState, call: Call, h: int, ph: Any, max_count: in
         rv = int(st.card["C_FindObjects"](h, ph, max_count, pcount))
     if rv == CKR.OK and pcount != cabi.NULL and ph != cabi.NULL:
         n = int(pcount[0])
+        st.objects.note_card_handles(int(ph[i]) for i in range(n))
         while pending and n < max_count:
             ph[n] = pending.pop(0)
             n += 1

@@ -12,7 +12,6 @@ from shim.constants import CKA, CKM, CKO, CKR
 from shim.errors import PKCS11Error
 from shim.marshal import write_output
 from shim.soft.hmac import HMACS, Hmac
-from shim.soft.objects import ObjectStore
 from shim.soft.state import CompletionState
 
 PARAMETERISED = frozenset({CKM.RSA_PKCS_PSS, CKM.SHA1_RSA_PKCS_PSS, CKM.SHA224_RSA_PKCS_PSS,
@@ -55,7 +54,7 @@ def not_active(st: CompletionState, known: bool, name: str, *args: Any) -> int:
 
 def hmac_operation(st: CompletionState, h_key: int, mech: int, usage: int) -> Hmac | None:
     """An HMAC operation when ``h_key`` is a shim secret key, else None."""
-    if not ObjectStore.is_shim_handle(int(h_key)):
+    if not st.objects.is_shim_handle(int(h_key)):
         return None
     obj = st.objects.require(int(h_key))
     if ulong(obj.attrs.get(CKA.CLASS)) != CKO.SECRET_KEY:

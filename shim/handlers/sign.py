@@ -18,7 +18,6 @@ from shim.handlers.sessions import require_session
 from shim.marshal import read_bytes, read_mechanism
 from shim.soft.hashsign import HASHED, HashThenSign
 from shim.soft.hmac import Hmac
-from shim.soft.objects import ObjectStore
 from shim.soft.sessions import Session
 from shim.soft.state import CompletionState
 
@@ -35,7 +34,7 @@ def sign_init(st: CompletionState, call: Call, h: int, pmech: Any, h_key: int) -
         s.sign = op
         call.args["completion"] = "hmac"
         return CKR.OK
-    if ObjectStore.is_shim_handle(int(h_key)):
+    if st.objects.is_shim_handle(int(h_key)):
         raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "shim public keys cannot sign")
     caps = st.caps
     native = caps.card_can(s.slot, mech, SIGN)

@@ -13,7 +13,6 @@ from shim.handlers.operation import PARAMETERISED, hmac_operation, mech_type, no
 from shim.handlers.sessions import require_session
 from shim.marshal import read_bytes, read_mechanism
 from shim.soft import card
-from shim.soft.objects import ObjectStore
 from shim.soft.operations import CardOperation
 from shim.soft.sessions import Session, VerifyOperation
 from shim.soft.state import CompletionState
@@ -23,7 +22,7 @@ _KEY_ATTRS = (CKA.CLASS, CKA.KEY_TYPE, CKA.VERIFY, CKA.EC_PARAMS, CKA.EC_POINT, 
 
 
 def _key_attrs(st: CompletionState, h: int, h_key: int) -> dict[int, bytes]:
-    if ObjectStore.is_shim_handle(int(h_key)):
+    if st.objects.is_shim_handle(int(h_key)):
         return st.objects.require(int(h_key)).attrs
     if h_key == 0:
         raise PKCS11Error(CKR.KEY_HANDLE_INVALID, "handle 0")

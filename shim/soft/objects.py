@@ -3,15 +3,19 @@ derived public key objects, under handles that never collide with the card's.
 
 Card handles are small counters (SoftHSM) or pointers above 2^32 (some
 drivers); shim handles live in ``[HANDLE_BASE, 2^32)``, so every consumer that
-keeps handles in 32 bits works and a card handle in that range is detected
-(:meth:`ObjectStore.is_shim_handle` is a range check; the card's handle in that
-range would be a collision and is logged by the handler).  Objects created in a
-session die with it; derived public keys belong to the slot.
+keeps handles in 32 bits works.  A handle is the shim's only while the store
+holds it (:meth:`ObjectStore.is_shim_handle`): any other handle, in that range
+or not, is the card's.  The backend may itself be a shim (a remote card through
+p11-kit, whose card host runs the shim) handing out handles in the same range,
+so each store starts at a random point of the range and never allocates a
+handle the backend has returned.  Objects created in a session die with it;
+derived public keys belong to the slot.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,12 +127,17 @@ class ObjectStore:
     def __init__(self) -> None:
         self._objects: dict[int, SoftObject] = {}
         self._derived: dict[tuple[int, int], int] = {}  # (slot, card private handle) -> handle
-        self._next = itertools.count(HANDLE_BASE)
+        self._card_handles: set[int] = set()  # backend handles seen in our range: never allocated
+        self._next = itertools.count(HANDLE_BASE + secrets.randbelow((HANDLE_LIMIT - HANDLE_BASE) // 2))
         self._lock = threading.Lock()
 
-    @staticmethod
-    def is_shim_handle(handle: int) -> bool:
-        return HANDLE_BASE <= handle < HANDLE_LIMIT
+    def is_shim_handle(self, handle: int) -> bool:
+        return handle in self._objects
+
+    def note_card_handles(self, handles: Iterable[int]) -> None:
+        """Handles the backend returned: ours never take their values."""
+        with self._lock:
+            self._card_handles.update(h for h in handles if HANDLE_BASE <= h < HANDLE_LIMIT)
 
     def get(self, handle: int) -> SoftObject | None:
         return self._objects.get(handle)
@@ -141,11 +150,10 @@ class ObjectStore:
 
     def _handle(self) -> int:
         h = next(self._next)
-        if h >= HANDLE_LIMIT:  # 512 Mi objects later: wrap, skipping live ones
-            self._next = itertools.count(HANDLE_BASE)
+        while h >= HANDLE_LIMIT or h in self._objects or h in self._card_handles:
+            if h >= HANDLE_LIMIT:  # wrap
+                self._next = itertools.count(HANDLE_BASE)
             h = next(self._next)
-            while h in self._objects:
-                h = next(self._next)
         return h
 
     def add(self, slot: int, session: int | None, attrs: dict[int, bytes],

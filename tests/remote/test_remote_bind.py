@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 import pytest
 
-from sc4testkit.tokens import TOKENS
 from sc4testkit.trixie import Missing, Shim, Trixie, install_shim
 
 from .conftest import REPO, Remote
@@ -77,13 +76,9 @@ def test_dnssec_signzone_with_the_remote_card(bind: Bind, link: Remote, request:
     """keyfromlabel, signzone -z (every RRset signed on the card host), dnssec-verify; both logs
     verify and `audit join` explains every signature."""
     card = link.card
-    if TOKENS[card.kind].source in ("virtual", "reader"):
-        # The card host's shim derives the key's public key object from its certificate under a
-        # shim handle (0xE000_0000 up); p11-kit passes that handle on, and the signer's shim takes
-        # every handle in that range for its own: C_GetAttributeValue -> CKR_OBJECT_HANDLE_INVALID,
-        # and pkcs11-provider cannot load the key (docs/remote.md, "Known limits").
-        request.applymarker(pytest.mark.xfail(strict=True, reason="shim over shim: the signer's shim claims "
-                                              "the card host's shim handles"))
+    # On the PIV card the card host's shim derives the key's public key object under a shim
+    # handle, which p11-kit passes on: the signer's shim must take it for the card's (shim over
+    # shim), since a handle is the shim's own only while its store holds it.
     k = card.keys["ec"]
     work = link.signer_host.dir / "bind-zone"
     work.mkdir()
