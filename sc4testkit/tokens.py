@@ -53,6 +53,7 @@ class TokenKind:
     mask_mechanisms: tuple[str, ...] = ()
     writable: bool = False  # token objects can be created through the module
     can_generate: bool = False  # C_GenerateKeyPair through the module
+    card_family: Literal["piv", "sc-hsm"] = "piv"  # which virtual card application (source "virtual")
 
     def shim_conf(self) -> dict[str, Any]:
         """The shim's configuration for this kind (``sc4dnssec.toml`` as a dict)."""
@@ -79,7 +80,10 @@ SOFTHSM_CARDLIKE = TokenKind("softhsm-cardlike", "SoftHSM restricted to what a c
                              mask_mechanisms=CARD_MISSING_MECHANISMS, can_generate=True)
 VIRTUAL = TokenKind("virtual", "the virtual PIV card in a private pcscd, through OpenSC", source="virtual",
                     module="opensc")
+VIRTUAL_SCHSM = TokenKind("virtual-schsm", "the virtual SmartCard-HSM (Nitrokey HSM 2) in a private pcscd, "
+                          "through OpenSC's sc-hsm driver: generates keys on the card", source="virtual",
+                          module="opensc", can_generate=True, card_family="sc-hsm")
 OPENSC = TokenKind("opensc", "a real card in a real reader, through OpenSC", source="reader", module="opensc")
 
-TOKENS: dict[str, TokenKind] = {k.name: k for k in (SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, OPENSC)}
+TOKENS: dict[str, TokenKind] = {k.name: k for k in (SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, VIRTUAL_SCHSM, OPENSC)}
 KINDS: tuple[str, ...] = tuple(TOKENS)

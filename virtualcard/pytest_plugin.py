@@ -7,6 +7,7 @@ Enabled by the repository's root ``conftest.py`` (``pytest_plugins = ["virtualca
 - ``softhsm-cardlike``: the same, restricted to what a cheap card offers (``slots.mechanisms``)
   plus a shim mask (``card.shim_conf``) hiding the functions cards lack.
 - ``virtual``: a private pcscd + the virtual PIV card, driven through ``opensc-pkcs11.so``.
+- ``virtual-schsm``: the same with the virtual SmartCard-HSM (OpenSC's sc-hsm driver).
 - ``opensc``: a real card in a real reader (skipped when none); tests that change the card need
   ``--card-destructive``.
 
@@ -32,7 +33,8 @@ from sc4testkit.tokens import KINDS, OPENSC, SOFTHSM, TOKENS, VIRTUAL, TokenKind
 
 from .cardinfo import CardInfo, KeyInfo, discover_keys, find_module
 from .harness import Harness, HarnessError, opensc_module
-from .provision import provision_defaults
+from .provision import provision_defaults, provision_schsm, schsm_token_label
+from .schsm import HSMState
 from .state import CardState
 
 __all__ = ["CardInfo", "KeyInfo", "VirtualCard"]
@@ -185,32 +187,50 @@ class VirtualCard:
 
 
 def start_virtual_card(
-    harness: Harness, state_dir: Path, latency_ms: float | None = None, profile: str | None = None
+    harness: Harness,
+    state_dir: Path,
+    latency_ms: float | None = None,
+    profile: str | None = None,
+    kind: TokenKind = VIRTUAL,
 ) -> VirtualCard:
-    state = CardState(state_dir)
-    if not state.initialised:
-        provision_defaults(state)
-    proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+    """Start (and on first use personalise) a virtual card of ``kind``'s family in a free reader."""
     module = opensc_module()
+    if kind.card_family == "sc-hsm":
+        hsm = HSMState(state_dir)
+        if not hsm.manufactured:
+            hsm.manufacture()
+        proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+        serial = hsm.counters.serial
+        if not hsm.counters.initialised:
+            env = {**harness.env, "OPENSC_CONF": str(harness.opensc_conf_for(proc.reader))}
+            provision_schsm(env, serial, module)
+        pin = HSMState(state_dir).counters.pin
+        token_label = schsm_token_label(serial)
+    else:
+        state = CardState(state_dir)
+        if not state.initialised:
+            provision_defaults(state)
+        proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+        pin, token_label = state.counters.pin, f"virtualcard-{state.counters.serial}"
     deadline = time.monotonic() + 10
     while True:  # pcscd reports the card before OpenSC can always bind it
         try:
-            label, keys, reader = discover_keys(module, harness.env, f"virtualcard-{state.counters.serial}")
+            label, keys, reader = discover_keys(module, harness.env, token_label)
             break
         except LookupError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
     info = CardInfo(
-        kind=VIRTUAL.name,
+        kind=kind.name,
         module=module,
-        pin=state.counters.pin,
+        pin=pin,
         token_label=label,
         keys=keys,
         env=dict(harness.env),
-        shim_conf=VIRTUAL.shim_conf(),
-        writable=VIRTUAL.writable,
-        can_generate=VIRTUAL.can_generate,
+        shim_conf=kind.shim_conf(),
+        writable=kind.writable,
+        can_generate=kind.can_generate,
         reader=reader,
     )
     return VirtualCard(harness, proc.reader, state_dir, info)
@@ -274,6 +294,7 @@ def card(
             h,
             tmp_path_factory.mktemp("vcard-state"),
             latency_ms=request.config.getoption("--card-latency-ms"),
+            kind=kind,
         )
         info = vc.info
     else:
@@ -334,10 +355,14 @@ def card_factory(
     started: list[VirtualCard] = []
 
     def factory(
-        latency_ms: float | None = None, profile: str | None = None, state_dir: Path | None = None
+        latency_ms: float | None = None,
+        profile: str | None = None,
+        state_dir: Path | None = None,
+        kind: str = VIRTUAL.name,
     ) -> VirtualCard:
         vc = start_virtual_card(
-            virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"), latency_ms, profile
+            virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"), latency_ms, profile,
+            kind=TOKENS[kind]
         )
         started.append(vc)
         return vc
