@@ -8,6 +8,7 @@ Enabled by the repository's root ``conftest.py`` (``pytest_plugins = ["virtualca
   plus a shim mask (``card.shim_conf``) hiding the functions cards lack.
 - ``virtual``: a private pcscd + the virtual PIV card, driven through ``opensc-pkcs11.so``.
 - ``virtual-schsm``: the same with the virtual SmartCard-HSM (OpenSC's sc-hsm driver).
+- ``virtual-ykcs11``: the virtual PIV card through Yubico's ``libykcs11.so`` (readers named Yubico*).
 - ``opensc``: a real card in a real reader (skipped when none); tests that change the card need
   ``--card-destructive``.
 
@@ -32,7 +33,7 @@ import pytest
 from sc4testkit.tokens import KINDS, OPENSC, SOFTHSM, TOKENS, VIRTUAL, TokenKind
 
 from .cardinfo import CardInfo, KeyInfo, discover_keys, find_module
-from .harness import Harness, HarnessError, opensc_module
+from .harness import YUBICO_READER_NAME, Harness, HarnessError, opensc_module, ykcs11_module
 from .provision import provision_defaults, provision_schsm, schsm_token_label
 from .schsm import HSMState
 from .state import CardState
@@ -195,6 +196,10 @@ def start_virtual_card(
 ) -> VirtualCard:
     """Start (and on first use personalise) a virtual card of ``kind``'s family in a free reader."""
     module = opensc_module()
+    if kind.module == "ykcs11":
+        if not harness.reader_prefix.startswith("Yubico"):
+            raise HarnessError("libykcs11 sees only readers named Yubico*: start the harness with YUBICO_READER_NAME")
+        module = ykcs11_module()
     if kind.card_family == "sc-hsm":
         hsm = HSMState(state_dir)
         if not hsm.manufactured:
@@ -212,6 +217,8 @@ def start_virtual_card(
             provision_defaults(state)
         proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
         pin, token_label = state.counters.pin, f"virtualcard-{state.counters.serial}"
+        if kind.module == "ykcs11":
+            token_label = f"YubiKey PIV #{state.counters.serial}"  # ykcs11 names the token after GET SERIAL
     deadline = time.monotonic() + 10
     while True:  # pcscd reports the card before OpenSC can always bind it
         try:
@@ -257,7 +264,9 @@ def virtual_harness(card_kind: str) -> Iterator[Harness]:
     if os.environ.get("PCSCLITE_CSOCK_NAME") and "vcard-" not in os.environ["PCSCLITE_CSOCK_NAME"]:
         pytest.skip("PCSCLITE_CSOCK_NAME already points at another pcscd")
     run = Path(tempfile.mkdtemp(prefix="vcard-"))  # short: AF_UNIX paths are limited to 108 bytes
-    h = Harness(run, readers=4)
+    # libykcs11 serves only readers named Yubico*; OpenSC does not mind the name
+    prefix = YUBICO_READER_NAME if TOKENS[card_kind].module == "ykcs11" else "Virtual PCD"
+    h = Harness(run, readers=4, reader_prefix=prefix)
     try:
         h.start()
     except (HarnessError, OSError) as e:
