@@ -97,9 +97,10 @@ def schsm_label(serial: int) -> str:
     return f"virtualcard-{serial}"
 
 
-def schsm_token_label(serial: int) -> str:
-    """The PKCS#11 token label OpenSC shows: the PKCS#15 label plus the PIN's, the card has two PINs."""
-    return f"{schsm_label(serial)} (UserPIN)"
+def schsm_token_labels(serial: int) -> tuple[str, ...]:
+    """The PKCS#11 token label OpenSC may show: 0.23 appends the user PIN's label (the card has two
+    PINs), 0.26 shows the PKCS#15 label alone."""
+    return (schsm_label(serial), f"{schsm_label(serial)} (UserPIN)")
 
 
 def provision_schsm(env: dict[str, str], serial: int, module: str, timeout: float = 120.0) -> None:

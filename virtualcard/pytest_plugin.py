@@ -34,7 +34,7 @@ from sc4testkit.tokens import KINDS, OPENSC, SOFTHSM, TOKENS, VIRTUAL, TokenKind
 
 from .cardinfo import CardInfo, KeyInfo, discover_keys, find_module
 from .harness import YUBICO_READER_NAME, Harness, HarnessError, opensc_module, ykcs11_module
-from .provision import provision_defaults, provision_schsm, schsm_token_label
+from .provision import provision_defaults, provision_schsm, schsm_token_labels
 from .schsm import HSMState
 from .state import CardState
 
@@ -210,24 +210,28 @@ def start_virtual_card(
             env = {**harness.env, "OPENSC_CONF": str(harness.opensc_conf_for(proc.reader))}
             provision_schsm(env, serial, module)
         pin = HSMState(state_dir).counters.pin
-        token_label = schsm_token_label(serial)
+        labels = schsm_token_labels(serial)
     else:
         state = CardState(state_dir)
         if not state.initialised:
             provision_defaults(state)
         proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
-        pin, token_label = state.counters.pin, f"virtualcard-{state.counters.serial}"
+        pin, labels = state.counters.pin, (f"virtualcard-{state.counters.serial}",)
         if kind.module == "ykcs11":
-            token_label = f"YubiKey PIV #{state.counters.serial}"  # ykcs11 names the token after GET SERIAL
+            labels = (f"YubiKey PIV #{state.counters.serial}",)  # ykcs11 names the token after GET SERIAL
     deadline = time.monotonic() + 10
-    while True:  # pcscd reports the card before OpenSC can always bind it
-        try:
-            label, keys, reader = discover_keys(module, harness.env, token_label)
-            break
-        except LookupError:
-            if time.monotonic() > deadline:
-                raise
+    found = None
+    while found is None:  # pcscd reports the card before OpenSC can always bind it
+        for token_label in labels:
+            try:
+                found = discover_keys(module, harness.env, token_label)
+                break
+            except LookupError:
+                if time.monotonic() > deadline and token_label == labels[-1]:
+                    raise
+        else:
             time.sleep(0.1)
+    label, keys, reader = found
     info = CardInfo(
         kind=kind.name,
         module=module,
