@@ -22,7 +22,11 @@ What OpenSC sends (``card-sc-hsm.c``, ``pkcs15-sc-hsm.c``, ``pkcs15init/pkcs15-s
   ECDH (80);
 - GET CHALLENGE.
 
-The DKEK (key backup/cloning) commands are not implemented; the card says 6D00.
+- IMPORT DKEK SHARE (80 52), WRAP KEY (80 72) and UNWRAP KEY (80 74): the device key
+  encryption key is the XOR of the shares announced at INITIALIZE (tag 92); a key generated or
+  unwrapped under the complete DKEK can be wrapped and unwrapped into another card with the same
+  DKEK (``sc-hsm-tool --create-dkek-share/--import-dkek-share/--wrap-key/--unwrap-key``).  The
+  blob layout is this card's own (see ``_wrap``).
 State lives in the state directory (``schsm.json``, ``keys/ccXX.pem``, ``files/XXXX.bin``).
 """
 
@@ -34,11 +38,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import cmac, hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import profiles as P
 from .apdu import (
@@ -132,6 +137,10 @@ class HSMCounters:
     pin_tries_left: int = 3
     so_pin: str = ""  # 16 hex digits; empty until the first INITIALIZE DEVICE
     so_tries_left: int = SO_RETRIES
+    dkek_shares: int = 0  # announced at INITIALIZE (tag 92); 0: no key backup
+    dkek_outstanding: int = 0
+    dkek: str = ""  # XOR of the imported shares, hex
+    wrappable: list[int] = field(default_factory=list)  # keys made or imported under the complete DKEK
 
 
 class HSMState:
@@ -266,6 +275,9 @@ class SmartCardHSM:
             (0x80, 0x68): self.sign,
             (0x80, 0x62): self.decipher,
             (0x00, 0x84): self.get_challenge,
+            (0x80, 0x52): self.import_dkek_share,
+            (0x80, 0x72): self.wrap_key,
+            (0x80, 0x74): self.unwrap_key,
         }
 
     # -- card OS -----------------------------------------------------------------------
@@ -470,6 +482,12 @@ class SmartCardHSM:
         c.so_tries_left = SO_RETRIES
         c.pin, c.pin_retries, c.pin_tries_left = pin, retries[0], retries[0]
         c.options = int.from_bytes(options, "big")
+        shares = fields.get(0x92, b"\x00")
+        if len(shares) != 1:
+            raise SWError(SW_WRONG_DATA, "DKEK shares (92) is one byte")
+        c.dkek_shares = c.dkek_outstanding = shares[0]
+        c.dkek = bytes(32).hex()
+        c.wrappable = []
         c.initialised = True
         self.state.save()
         self.reset()
@@ -546,6 +564,7 @@ class SmartCardHSM:
             raise SWError(SW_NOT_FOUND)
         if fid >> 8 == KEY_PREFIX:
             self._keys.pop(fid & 0xFF, None)
+            self._set_wrappable(fid & 0xFF, False)
         if self.current_ef == fid:
             self.current_ef = None
         return b""
@@ -586,6 +605,7 @@ class SmartCardHSM:
         chr_ = body.get(0x5F20, device_chr(self.counters.serial).encode()).decode("ascii", "replace")
         self.state.put_key(key_id, key)
         self._keys[key_id] = key
+        self._set_wrappable(key_id, self._dkek_complete())
         request = authenticated_request(
             make_cvc(key.public_key(), key, car, chr_), self.state.device_key(), device_chr(self.counters.serial)
         )
@@ -647,6 +667,65 @@ class SmartCardHSM:
         self._delay(self.profile.sign_delay(alg_of(key)), start)
         return out
 
+    # -- DKEK: key backup and cloning ----------------------------------------------------
+    def _dkek_complete(self) -> bool:
+        c = self.counters
+        return c.dkek_shares > 0 and c.dkek_outstanding == 0
+
+    def _set_wrappable(self, key_id: int, on: bool) -> None:
+        c = self.counters
+        ids = set(c.wrappable) - {key_id}
+        if on:
+            ids.add(key_id)
+        c.wrappable = sorted(ids)
+        self.state.save()
+
+    def _dkek_status(self) -> bytes:
+        c = self.counters
+        return bytes([c.dkek_shares, c.dkek_outstanding]) + _kcv(bytes.fromhex(c.dkek or "00" * 32))
+
+    def import_dkek_share(self, cmd: CommandAPDU) -> bytes:
+        """No data: DKEK status.  32 bytes: one more share, XORed into the DKEK."""
+        c = self.counters
+        if not cmd.data:
+            return self._dkek_status()
+        if not c.initialised:
+            raise SWError(SW_NOT_INITIALISED)
+        if len(cmd.data) != 32:
+            raise SWError(SW_WRONG_LENGTH, "a DKEK share is 32 bytes")
+        if c.dkek_outstanding == 0:
+            raise SWError(SW_CONDITIONS, "no DKEK share outstanding")
+        c.dkek = bytes(a ^ b for a, b in zip(bytes.fromhex(c.dkek), cmd.data, strict=True)).hex()
+        c.dkek_outstanding -= 1
+        self.state.save()
+        return self._dkek_status()
+
+    def wrap_key(self, cmd: CommandAPDU) -> bytes:
+        self._need_pin()
+        if cmd.p2 != 0x92:
+            raise SWError(SW_INCORRECT_P1P2)
+        if not self._dkek_complete():
+            raise SWError(SW_CONDITIONS, "no complete DKEK")
+        if cmd.p1 not in self.counters.wrappable:
+            raise SWError(SW_CONDITIONS, "key was not made under this DKEK")
+        return _wrap(bytes.fromhex(self.counters.dkek), self._key(cmd.p1))
+
+    def unwrap_key(self, cmd: CommandAPDU) -> bytes:
+        self._need_pin()
+        if cmd.p2 != 0x93 or cmd.p1 == 0:
+            raise SWError(SW_INCORRECT_P1P2)
+        if not self._dkek_complete():
+            raise SWError(SW_CONDITIONS, "no complete DKEK")
+        if self.state.get_key(cmd.p1) is not None:
+            raise SWError(SW_CONDITIONS, "key reference in use")
+        key = _unwrap(bytes.fromhex(self.counters.dkek), cmd.data)
+        if alg_of(key) not in self.profile.algorithms:
+            raise SWError(SW_WRONG_DATA, "key algorithm not in this profile")
+        self.state.put_key(cmd.p1, key)
+        self._keys[cmd.p1] = key
+        self._set_wrappable(cmd.p1, True)
+        return b""
+
     def get_challenge(self, cmd: CommandAPDU) -> bytes:
         n = cmd.le or 0
         if not 1 <= n <= 1024:
@@ -665,6 +744,64 @@ class _Status(Exception):
     def __init__(self, sw: int, data: bytes) -> None:
         super().__init__(f"SW {sw:04X}")
         self.sw, self.data = sw, data
+
+
+# Key blob: KCV(8) | key type (5 RSA, 12 EC) | AES-256-CBC(Kenc, zero IV,
+# random(8) | length(2) | PKCS#8 | 80 00.. padding) | AES-CMAC(Kmac) over all before.
+# Modelled on the card's blob (KCV, type, CBC, CMAC); it moves keys between these virtual cards,
+# not to or from real ones.
+BLOB_RSA, BLOB_EC = 5, 12
+
+
+def _kcv(dkek: bytes) -> bytes:
+    h = hashes.Hash(hashes.SHA256())
+    h.update(dkek)
+    return h.finalize()[:8]
+
+
+def _derive(dkek: bytes, counter: int) -> bytes:
+    h = hashes.Hash(hashes.SHA256())
+    h.update(dkek + counter.to_bytes(4, "big"))
+    return h.finalize()
+
+
+def _cmac(key: bytes, data: bytes) -> bytes:
+    c = cmac.CMAC(algorithms.AES(key))
+    c.update(data)
+    return c.finalize()
+
+
+def _wrap(dkek: bytes, key: PrivateKey) -> bytes:
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    plain = secrets.token_bytes(8) + len(der).to_bytes(2, "big") + der + b"\x80"
+    plain += b"\x00" * (-len(plain) % 16)
+    enc = Cipher(algorithms.AES(_derive(dkek, 1)), modes.CBC(bytes(16))).encryptor()
+    kind = BLOB_RSA if isinstance(key, rsa.RSAPrivateKey) else BLOB_EC
+    blob = _kcv(dkek) + bytes([kind]) + enc.update(plain) + enc.finalize()
+    return blob + _cmac(_derive(dkek, 2), blob)
+
+
+def _unwrap(dkek: bytes, blob: bytes) -> PrivateKey:
+    if len(blob) < 8 + 1 + 16 + 16 or (len(blob) - 25) % 16:
+        raise SWError(SW_WRONG_DATA, "not a key blob")
+    body, mac = blob[:-16], blob[-16:]
+    if body[:8] != _kcv(dkek):
+        raise SWError(SW_WRONG_DATA, "key blob made under another DKEK")
+    if not secrets.compare_digest(mac, _cmac(_derive(dkek, 2), body)):
+        raise SWError(SW_WRONG_DATA, "key blob MAC wrong")
+    dec = Cipher(algorithms.AES(_derive(dkek, 1)), modes.CBC(bytes(16))).decryptor()
+    plain = dec.update(body[9:]) + dec.finalize()
+    n = int.from_bytes(plain[8:10], "big")
+    try:
+        key = serialization.load_der_private_key(plain[10 : 10 + n], password=None)
+    except ValueError:
+        raise SWError(SW_WRONG_DATA, "key blob content") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise SWError(SW_WRONG_DATA, "key type")
+    if body[8] != (BLOB_RSA if isinstance(key, rsa.RSAPrivateKey) else BLOB_EC):
+        raise SWError(SW_WRONG_DATA, "key type byte")
+    return key
 
 
 def _rsa_raw(key: rsa.RSAPrivateKey, data: bytes) -> bytes:

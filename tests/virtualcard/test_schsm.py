@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from vc_helpers import p11tool, p11tool_sign, verify_ecdsa_raw, verify_rsa_pkcs1
 
 from virtualcard import schsm
-from virtualcard.apdu import tlv
+from virtualcard.apdu import parse_tlv, tlv
 from virtualcard.cvc import CURVES, OID_ECDSA_SHA256, OID_RSA_V15_SHA256, public_key_from_cvc
 from virtualcard.profiles import get_profile
 from virtualcard.pytest_plugin import VirtualCard
@@ -208,3 +208,63 @@ def test_keypairgen_through_pkcs11_then_sign(card_factory, tmp_path: Path) -> No
         assert vc.harness and schsm.HSMState(vc.state_dir).counters.pin_tries_left == 2
     finally:
         vc.stop()
+
+
+def test_dkek_clones_a_key_onto_a_second_card(card_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The ceremony's clone: one DKEK share on two cards, a key generated on the first, wrapped
+    out with sc-hsm-tool, unwrapped into the second, which then signs for the first's public key.
+
+    The share goes in as a raw IMPORT DKEK SHARE: ``sc-hsm-tool --import-dkek-share`` decrypts its
+    password file with 10 million key-derivation rounds (~15 s per call here), which proves nothing
+    more about the card."""
+    cards = [card_factory(kind="virtual-schsm"), card_factory(kind="virtual-schsm")]
+    share = bytes(range(32))
+    try:
+        for vc in cards:
+            env = vc.isolated_env()
+            subprocess.run(["sc-hsm-tool", "--initialize", "--so-pin", schsm.DEFAULT_SO_PIN, "--pin", "123456",
+                            "--dkek-shares", "1", "--label", "clone"], env=env, check=True, capture_output=True,
+                           timeout=60)
+            apdus = ["00A404000B" + schsm.AID.hex(), "8052000020" + share.hex()]
+            out = subprocess.run(["opensc-tool", *[a for x in apdus for a in ("-s", x)]], env=env, check=True,
+                                 capture_output=True, text=True, timeout=60).stdout
+            assert "SW1=0x90, SW2=0x00" in out.split("Sending:")[-1], out
+            status = subprocess.run(["sc-hsm-tool"], env=env, check=True, capture_output=True, text=True,
+                                    timeout=60).stdout
+            assert "DKEK shares          : 1" in status and "outstanding" not in status.lower()
+        original, clone = cards
+        orig_env = {**original.isolated_env()}
+        subprocess.run(["pkcs11-tool", "--module", original.info.module, "--login", "--pin", "123456",
+                        "--keypairgen", "--key-type", "EC:prime256v1", "--id", "01", "--label", "ksk"],
+                       env=orig_env, check=True, capture_output=True, timeout=60)
+        blob = tmp_path / "ksk.wrapped"
+        subprocess.run(["sc-hsm-tool", "--wrap-key", str(blob), "--key-reference", "1", "--pin", "123456"],
+                       env=orig_env, check=True, capture_output=True, timeout=60)
+        assert schsm.HSMState(original.state_dir).get_key(1) is not None
+        assert schsm.HSMState(clone.state_dir).get_key(1) is None
+        r = subprocess.run(["sc-hsm-tool", "--unwrap-key", str(blob), "--key-reference", "1", "--pin", "123456"],
+                           env=clone.isolated_env(), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "Key successfully imported" in r.stdout, r.stdout + r.stderr
+        data = tmp_path / "data"
+        data.write_bytes(DATA)
+        sig_file = tmp_path / "clone.sig"
+        subprocess.run(["pkcs11-tool", "--module", clone.info.module, "--login", "--pin", "123456", "--sign",
+                        "-m", "ECDSA-SHA256", "--id", "01", "-i", str(data), "-o", str(sig_file)],
+                       env=clone.isolated_env(), check=True, capture_output=True, timeout=60)
+        pub_file = tmp_path / "orig.pub"
+        subprocess.run(["pkcs11-tool", "--module", original.info.module, "--read-object", "--type", "pubkey",
+                        "--id", "01", "-o", str(pub_file)], env=orig_env, check=True, capture_output=True, timeout=60)
+        pub = serialization.load_der_public_key(pub_file.read_bytes())
+        assert isinstance(pub, ec.EllipticCurvePublicKey)
+        verify_ecdsa_raw(pub, sig_file.read_bytes(), DATA)
+        # a card with another DKEK refuses the blob
+        other = schsm.SmartCardHSM(schsm.HSMState(clone.state_dir), get_profile("fast", family="sc-hsm"))
+        other.state.counters.dkek = bytes(32).hex()
+        assert other.process(b"\x00\x20\x00\x81\x06123456")[-2:] == b"\x90\x00"
+        ((outer_tag, content),) = parse_tlv(blob.read_bytes())  # SEQUENCE { OCTET STRING blob, PRKD, request }
+        inner_tag, key_blob = next(parse_tlv(content))
+        assert (outer_tag, inner_tag) == (0x30, 0x04)
+        assert other.process(_apdu(0x80, 0x74, 9, 0x93, key_blob))[-2:] == b"\x6a\x80"
+    finally:
+        for vc in cards:
+            vc.stop()
