@@ -287,6 +287,7 @@ class SmartCardHSM:
         self.so_ok = False
         self.current_ef: int | None = None
         self._pending = b""
+        self._chain: tuple[tuple[int, int, int, int], bytearray] | None = None
 
     def process(self, raw: bytes) -> bytes:
         try:
@@ -297,7 +298,19 @@ class SmartCardHSM:
                     raise SWError(SW_CONDITIONS, "nothing to GET RESPONSE")
                 return self._respond(data, cmd)
             self._pending = b""
-            handler = self._dispatch.get((cmd.cla & 0xF0, cmd.ins))
+            key = (cmd.cla & ~0x10 & 0xFF, cmd.ins, cmd.p1, cmd.p2)
+            if self._chain is not None and self._chain[0] != key:
+                self._chain = None
+            if cmd.chained:  # command chaining (CLA bit 10): collect, answer 9000, run on the last part
+                if self._chain is None:
+                    self._chain = (key, bytearray())
+                self._chain[1].extend(cmd.data)
+                return SW_OK.to_bytes(2, "big")
+            if self._chain is not None:
+                data = bytes(self._chain[1]) + cmd.data
+                self._chain = None
+                cmd = CommandAPDU(cmd.cla, cmd.ins, cmd.p1, cmd.p2, data, cmd.le, cmd.extended)
+            handler = self._dispatch.get((cmd.cla & 0xE0, cmd.ins))
             if handler is None:
                 raise SWError(SW_INS_NOT_SUPPORTED if cmd.cla in (0x00, 0x80) else 0x6E00)
             return self._respond(handler(cmd), cmd)
