@@ -47,12 +47,13 @@ class TokenKind:
     name: str
     summary: str
     source: Source  # softhsm: a fresh SoftHSM token; virtual: the virtual PIV card; reader: a real card
-    module: Literal["softhsm2", "opensc"]  # the PKCS#11 module the shim forwards to
+    module: Literal["softhsm2", "opensc", "ykcs11"]  # the PKCS#11 module the shim forwards to
     softhsm_mechanisms: tuple[str, ...] = ()  # SoftHSM ``slots.mechanisms`` (empty: all of them)
     mask_functions: tuple[str, ...] = ()
     mask_mechanisms: tuple[str, ...] = ()
     writable: bool = False  # token objects can be created through the module
     can_generate: bool = False  # C_GenerateKeyPair through the module
+    card_family: Literal["piv", "sc-hsm"] = "piv"  # which virtual card application (source "virtual")
 
     def shim_conf(self) -> dict[str, Any]:
         """The shim's configuration for this kind (``sc4dnssec.toml`` as a dict)."""
@@ -79,7 +80,15 @@ SOFTHSM_CARDLIKE = TokenKind("softhsm-cardlike", "SoftHSM restricted to what a c
                              mask_mechanisms=CARD_MISSING_MECHANISMS, can_generate=True)
 VIRTUAL = TokenKind("virtual", "the virtual PIV card in a private pcscd, through OpenSC", source="virtual",
                     module="opensc")
+VIRTUAL_SCHSM = TokenKind("virtual-schsm", "the virtual SmartCard-HSM (Nitrokey HSM 2) in a private pcscd, "
+                          "through OpenSC's sc-hsm driver: generates keys on the card", source="virtual",
+                          module="opensc", can_generate=True, card_family="sc-hsm")
+VIRTUAL_YKCS11 = TokenKind("virtual-ykcs11", "the virtual PIV card through Yubico's libykcs11 instead of OpenSC: "
+                           "generates keys, but only after an SO (management key) login", source="virtual",
+                           module="ykcs11")
 OPENSC = TokenKind("opensc", "a real card in a real reader, through OpenSC", source="reader", module="opensc")
 
-TOKENS: dict[str, TokenKind] = {k.name: k for k in (SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, OPENSC)}
+TOKENS: dict[str, TokenKind] = {
+    k.name: k for k in (SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, VIRTUAL_SCHSM, VIRTUAL_YKCS11, OPENSC)
+}
 KINDS: tuple[str, ...] = tuple(TOKENS)

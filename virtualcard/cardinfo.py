@@ -89,6 +89,8 @@ def discover_keys(
         label_priv = lab.group(1).strip()
         if label_priv.endswith(" pubkey"):  # OpenSC PIV: "PIV AUTH pubkey" / "PIV AUTH key"
             label_priv = label_priv[: -len(" pubkey")] + " key"
+        elif label_priv.startswith("Public key for "):  # ykcs11: "Public key for PIV Authentication"
+            label_priv = "Private key for " + label_priv[len("Public key for ") :]
         keys[kind] = KeyInfo(
             label=label_priv,
             id=bytes.fromhex(kid.group(1)),

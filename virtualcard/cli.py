@@ -19,7 +19,8 @@ from pathlib import Path
 from .cardinfo import discover_keys
 from .harness import Harness, HarnessError, opensc_module, pid_alive
 from .profiles import PROFILES
-from .provision import provision_defaults, provision_slot
+from .provision import provision_defaults, provision_schsm, provision_slot
+from .schsm import HSMState
 from .state import CardState
 
 RUN = "run"
@@ -33,13 +34,16 @@ def _harness(state_dir: Path) -> Harness:
 
 
 def exports(state_dir: Path, h: Harness) -> str:
-    state = CardState(state_dir)
     module = opensc_module()
     label, keys, reader = discover_keys(module, h.env)
+    if HSMState.is_schsm(state_dir):
+        pin = HSMState(state_dir).counters.pin
+    else:
+        pin = CardState(state_dir).counters.pin
     lines = {
         "PCSCLITE_CSOCK_NAME": str(h.socket_path),
         "SC4DNSSEC_BACKEND": module,
-        "VIRTUALCARD_PIN": state.counters.pin,
+        "VIRTUALCARD_PIN": pin,
         "VIRTUALCARD_TOKEN_LABEL": label,
         "VIRTUALCARD_READER": reader,
     }
@@ -51,9 +55,15 @@ def exports(state_dir: Path, h: Harness) -> str:
 
 def cmd_up(a: argparse.Namespace) -> int:
     state_dir = Path(a.state_dir).resolve()
-    state = CardState(state_dir)
-    if not state.initialised:
-        provision_defaults(state, profile=a.profile or "fast")
+    is_hsm = HSMState.is_schsm(state_dir)
+    if CardState(state_dir).initialised or is_hsm:
+        if a.card and a.card != ("sc-hsm" if is_hsm else "piv"):
+            raise HarnessError(f"{state_dir} holds a {'sc-hsm' if is_hsm else 'piv'} card, not {a.card}")
+    elif a.card == "sc-hsm":
+        HSMState(state_dir).manufacture(profile=a.profile or "fast")
+        is_hsm = True
+    else:
+        provision_defaults(CardState(state_dir), profile=a.profile or "fast")
         print(f"# provisioned a new card in {state_dir}", file=sys.stderr)
     run = state_dir / RUN
     run.mkdir(parents=True, exist_ok=True)
@@ -68,6 +78,13 @@ def cmd_up(a: argparse.Namespace) -> int:
             h.cards.pop(0, None)
             started_card = True
             h.add_card(state_dir, 0, latency_ms=a.latency_ms, profile=a.profile)
+        if is_hsm and not HSMState(state_dir).counters.initialised:
+            env = {**h.env, "OPENSC_CONF": str(h.opensc_conf_for(0))}
+            try:
+                provision_schsm(env, HSMState(state_dir).counters.serial, opensc_module(), timeout=a.timeout * 6)
+            except RuntimeError as e:
+                raise HarnessError(f"personalising the SmartCard-HSM: {e}") from None
+            print(f"# initialised a new SmartCard-HSM in {state_dir}", file=sys.stderr)
         deadline = time.monotonic() + a.timeout
         while True:  # pcscd reports the card before OpenSC can always bind it
             try:
@@ -132,15 +149,25 @@ def cmd_insert(a: argparse.Namespace) -> int:
 def cmd_status(a: argparse.Namespace) -> int:
     state_dir = Path(a.state_dir).resolve()
     state = CardState(state_dir)
-    if not state.initialised:
+    if HSMState.is_schsm(state_dir):
+        hsm = HSMState(state_dir)
+        hc = hsm.counters
+        ids = ", ".join(f"{k:02X}" for k in hsm.key_ids())
+        print(
+            f"SmartCard-HSM serial {hc.serial} profile {hc.profile}; "
+            f"{'initialised' if hc.initialised else 'NOT initialised'}; PIN tries left "
+            f"{hc.pin_tries_left}/{hc.pin_retries}, SO PIN {hc.so_tries_left}; keys {ids or 'none'}"
+        )
+    elif not state.initialised:
         print(f"{state_dir}: no card")
         return 1
-    c = state.counters
-    slots = ", ".join(f"{s:02X}" for s in state.slots_with_keys())
-    print(
-        f"card serial {c.serial} profile {c.profile}; PIN tries left {c.pin_tries_left}/{c.pin_retries}, "
-        f"PUK {c.puk_tries_left}/{c.puk_retries}; keys in {slots}"
-    )
+    else:
+        c = state.counters
+        slots = ", ".join(f"{s:02X}" for s in state.slots_with_keys())
+        print(
+            f"card serial {c.serial} profile {c.profile}; PIN tries left {c.pin_tries_left}/{c.pin_retries}, "
+            f"PUK {c.puk_tries_left}/{c.puk_retries}; keys in {slots}"
+        )
     run = state_dir / RUN
     if not (run / "harness.json").exists():
         print("down")
@@ -177,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return p
 
     p = add("up", cmd_up, "provision if new, start pcscd + card in the background, print exports")
+    p.add_argument(
+        "--card", choices=("piv", "sc-hsm"), default=None,
+        help="card family of a new card (default piv): the PIV card or a SmartCard-HSM (Nitrokey HSM 2)",
+    )
     p.add_argument("--latency-ms", type=float, default=None, help="delay per private-key operation")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None)
     p.add_argument("--readers", type=int, default=2)

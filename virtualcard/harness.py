@@ -47,6 +47,7 @@ from .cardinfo import find_module
 # Names a process the caller waits for that has died, or None while it runs.
 Gone = Callable[[], "str | None"]
 
+YUBICO_READER_NAME = "Yubico Virtual PCD"
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 OPENSC_PKCS11_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
@@ -60,6 +61,24 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 class HarnessError(RuntimeError):
     pass
+
+
+YKCS11_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libykcs11.so",
+    "/usr/lib/aarch64-linux-gnu/libykcs11.so",
+    "/usr/lib/libykcs11.so",
+)
+
+
+def ykcs11_module() -> str:
+    """Yubico's PKCS#11 module (Debian package ``ykcs11``); env ``SC4DNSSEC_YKCS11`` overrides."""
+    env = os.environ.get("SC4DNSSEC_YKCS11")
+    if env:
+        return env
+    for path in YKCS11_CANDIDATES:
+        if os.path.exists(path):
+            return path
+    raise HarnessError("libykcs11.so not found (apt install ykcs11)")
 
 
 def opensc_module() -> str:
@@ -158,6 +177,9 @@ class Harness:
     base_port: int = 0
     pcscd_pid: int = 0
     cards: dict[int, CardProc] = field(default_factory=dict)
+    # Yubico's libykcs11 serves only readers whose name starts with "Yubico": such a harness
+    # says YUBICO_READER_NAME.
+    reader_prefix: str = "Virtual PCD"
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -176,9 +198,8 @@ class Harness:
         entry, slot = divmod(reader, 2)
         return f"{self._friendly(entry)} 00 {slot:02d}"
 
-    @staticmethod
-    def _friendly(entry: int) -> str:
-        return "Virtual PCD" if entry == 0 else f"Virtual PCD {entry}"
+    def _friendly(self, entry: int) -> str:
+        return self.reader_prefix if entry == 0 else f"{self.reader_prefix} {entry}"
 
     # -- persistence (the CLI starts in one process and stops in another) ---------------
     def save(self) -> None:
@@ -313,7 +334,7 @@ class Harness:
         ).stdout
         status: dict[str, bool] = {}
         for line in out.splitlines():
-            m = re.match(r"^\s*\d+\s+(Yes|No)\s+(?:\S+\s+)?(Virtual PCD.*)$", line)
+            m = re.match(rf"^\s*\d+\s+(Yes|No)\s+(?:\S+\s+)?({re.escape(self.reader_prefix)}.*)$", line)
             if m:
                 status[m.group(2).strip()] = m.group(1) == "Yes"
         return status

@@ -9,6 +9,8 @@ includes digitalSignature, so every key gets a certificate that says so.
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -81,3 +83,45 @@ def provision_defaults(state: CardState, profile: str = "fast") -> None:
             # OpenSC names the token after the CN of the 9A certificate: make it unique per card
             cn = f"virtualcard-{state.counters.serial}" if slot == 0x9A else f"virtualcard {name} key"
             provision_slot(state, slot, spec, cn)
+
+
+# -- SmartCard-HSM ---------------------------------------------------------------------------
+SCHSM_DEFAULT_KEYS: dict[str, tuple[int, str]] = {
+    # name -> (key id, pkcs11-tool --key-type) for `virtualcard up --card sc-hsm`
+    "ec": (0x01, "EC:prime256v1"),
+    "rsa": (0x02, "rsa:2048"),
+}
+
+
+def schsm_label(serial: int) -> str:
+    return f"virtualcard-{serial}"
+
+
+def schsm_token_labels(serial: int) -> tuple[str, ...]:
+    """The PKCS#11 token label OpenSC may show: 0.23 appends the user PIN's label (the card has two
+    PINs), 0.26 shows the PKCS#15 label alone."""
+    return (schsm_label(serial), f"{schsm_label(serial)} (UserPIN)")
+
+
+def provision_schsm(env: dict[str, str], serial: int, module: str, timeout: float = 120.0) -> None:
+    """Personalise a running, blank SmartCard-HSM the way an operator does, through the real stack.
+
+    ``sc-hsm-tool --initialize`` (SO PIN 3537363231383830, PIN 123456, label
+    ``virtualcard-<serial>``), then one ``pkcs11-tool --keypairgen`` per default key: the keys are
+    generated on the card and OpenSC writes its own descriptors.  ``env`` must show OpenSC this
+    card only (``Harness.opensc_conf_for``).
+    """
+    from .schsm import DEFAULT_PIN, DEFAULT_SO_PIN
+
+    full_env = {**os.environ, **env}
+
+    def run(cmd: list[str]) -> None:
+        r = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:2])} failed ({r.returncode}): {r.stdout}{r.stderr}")
+
+    run(["sc-hsm-tool", "--initialize", "--so-pin", DEFAULT_SO_PIN, "--pin", DEFAULT_PIN,
+         "--label", schsm_label(serial)])
+    for name, (key_id, key_type) in SCHSM_DEFAULT_KEYS.items():
+        run(["pkcs11-tool", "--module", module, "--login", "--pin", DEFAULT_PIN, "--keypairgen",
+             "--key-type", key_type, "--id", f"{key_id:02x}", "--label", f"virtualcard {name} key"])

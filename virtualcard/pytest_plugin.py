@@ -7,6 +7,8 @@ Enabled by the repository's root ``conftest.py`` (``pytest_plugins = ["virtualca
 - ``softhsm-cardlike``: the same, restricted to what a cheap card offers (``slots.mechanisms``)
   plus a shim mask (``card.shim_conf``) hiding the functions cards lack.
 - ``virtual``: a private pcscd + the virtual PIV card, driven through ``opensc-pkcs11.so``.
+- ``virtual-schsm``: the same with the virtual SmartCard-HSM (OpenSC's sc-hsm driver).
+- ``virtual-ykcs11``: the virtual PIV card through Yubico's ``libykcs11.so`` (readers named Yubico*).
 - ``opensc``: a real card in a real reader (skipped when none); tests that change the card need
   ``--card-destructive``.
 
@@ -31,8 +33,9 @@ import pytest
 from sc4testkit.tokens import KINDS, OPENSC, SOFTHSM, TOKENS, VIRTUAL, TokenKind
 
 from .cardinfo import CardInfo, KeyInfo, discover_keys, find_module
-from .harness import Harness, HarnessError, opensc_module
-from .provision import provision_defaults
+from .harness import YUBICO_READER_NAME, Harness, HarnessError, opensc_module, ykcs11_module
+from .provision import provision_defaults, provision_schsm, schsm_token_labels
+from .schsm import HSMState
 from .state import CardState
 
 __all__ = ["CardInfo", "KeyInfo", "VirtualCard"]
@@ -185,32 +188,60 @@ class VirtualCard:
 
 
 def start_virtual_card(
-    harness: Harness, state_dir: Path, latency_ms: float | None = None, profile: str | None = None
+    harness: Harness,
+    state_dir: Path,
+    latency_ms: float | None = None,
+    profile: str | None = None,
+    kind: TokenKind = VIRTUAL,
 ) -> VirtualCard:
-    state = CardState(state_dir)
-    if not state.initialised:
-        provision_defaults(state)
-    proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+    """Start (and on first use personalise) a virtual card of ``kind``'s family in a free reader."""
     module = opensc_module()
+    if kind.module == "ykcs11":
+        if not harness.reader_prefix.startswith("Yubico"):
+            raise HarnessError("libykcs11 sees only readers named Yubico*: start the harness with YUBICO_READER_NAME")
+        module = ykcs11_module()
+    if kind.card_family == "sc-hsm":
+        hsm = HSMState(state_dir)
+        if not hsm.manufactured:
+            hsm.manufacture()
+        proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+        serial = hsm.counters.serial
+        if not hsm.counters.initialised:
+            env = {**harness.env, "OPENSC_CONF": str(harness.opensc_conf_for(proc.reader))}
+            provision_schsm(env, serial, module)
+        pin = HSMState(state_dir).counters.pin
+        labels = schsm_token_labels(serial)
+    else:
+        state = CardState(state_dir)
+        if not state.initialised:
+            provision_defaults(state)
+        proc = harness.add_card(state_dir, latency_ms=latency_ms, profile=profile)
+        pin, labels = state.counters.pin, (f"virtualcard-{state.counters.serial}",)
+        if kind.module == "ykcs11":
+            labels = (f"YubiKey PIV #{state.counters.serial}",)  # ykcs11 names the token after GET SERIAL
     deadline = time.monotonic() + 10
-    while True:  # pcscd reports the card before OpenSC can always bind it
-        try:
-            label, keys, reader = discover_keys(module, harness.env, f"virtualcard-{state.counters.serial}")
-            break
-        except LookupError:
-            if time.monotonic() > deadline:
-                raise
+    found = None
+    while found is None:  # pcscd reports the card before OpenSC can always bind it
+        for token_label in labels:
+            try:
+                found = discover_keys(module, harness.env, token_label)
+                break
+            except LookupError:
+                if time.monotonic() > deadline and token_label == labels[-1]:
+                    raise
+        else:
             time.sleep(0.1)
+    label, keys, reader = found
     info = CardInfo(
-        kind=VIRTUAL.name,
+        kind=kind.name,
         module=module,
-        pin=state.counters.pin,
+        pin=pin,
         token_label=label,
         keys=keys,
         env=dict(harness.env),
-        shim_conf=VIRTUAL.shim_conf(),
-        writable=VIRTUAL.writable,
-        can_generate=VIRTUAL.can_generate,
+        shim_conf=kind.shim_conf(),
+        writable=kind.writable,
+        can_generate=kind.can_generate,
         reader=reader,
     )
     return VirtualCard(harness, proc.reader, state_dir, info)
@@ -237,7 +268,9 @@ def virtual_harness(card_kind: str) -> Iterator[Harness]:
     if os.environ.get("PCSCLITE_CSOCK_NAME") and "vcard-" not in os.environ["PCSCLITE_CSOCK_NAME"]:
         pytest.skip("PCSCLITE_CSOCK_NAME already points at another pcscd")
     run = Path(tempfile.mkdtemp(prefix="vcard-"))  # short: AF_UNIX paths are limited to 108 bytes
-    h = Harness(run, readers=4)
+    # libykcs11 serves only readers named Yubico*; OpenSC does not mind the name
+    prefix = YUBICO_READER_NAME if TOKENS[card_kind].module == "ykcs11" else "Virtual PCD"
+    h = Harness(run, readers=4, reader_prefix=prefix)
     try:
         h.start()
     except (HarnessError, OSError) as e:
@@ -274,6 +307,7 @@ def card(
             h,
             tmp_path_factory.mktemp("vcard-state"),
             latency_ms=request.config.getoption("--card-latency-ms"),
+            kind=kind,
         )
         info = vc.info
     else:
@@ -334,10 +368,14 @@ def card_factory(
     started: list[VirtualCard] = []
 
     def factory(
-        latency_ms: float | None = None, profile: str | None = None, state_dir: Path | None = None
+        latency_ms: float | None = None,
+        profile: str | None = None,
+        state_dir: Path | None = None,
+        kind: str = VIRTUAL.name,
     ) -> VirtualCard:
         vc = start_virtual_card(
-            virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"), latency_ms, profile
+            virtual_harness, state_dir or tmp_path_factory.mktemp("vcard-extra"), latency_ms, profile,
+            kind=TOKENS[kind]
         )
         started.append(vc)
         return vc

@@ -23,6 +23,7 @@ import sys
 import time
 from types import FrameType
 
+from . import schsm
 from .piv import ATR, PIVCard
 from .profiles import get_profile
 from .state import CardState
@@ -54,7 +55,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
 class VirtualReaderLink:
     """One card's connection to one vpcd reader, with run-time removal and insertion."""
 
-    def __init__(self, card: PIVCard, host: str, port: int, atr: bytes = ATR) -> None:
+    def __init__(self, card: PIVCard | schsm.SmartCardHSM, host: str, port: int, atr: bytes = ATR) -> None:
         self.card = card
         self.host, self.port = host, port
         self.atr = atr
@@ -168,11 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s card[%(process)d] %(message)s",
         stream=sys.stderr,
     )
-    state = CardState(args.state)
-    if not state.initialised:
-        ap.error(f"{args.state} is not an initialised card (run virtualcard provision)")
-    profile = get_profile(args.profile or state.counters.profile, args.latency_ms)
-    link = VirtualReaderLink(PIVCard(state, profile), args.host, args.port)
+    link: VirtualReaderLink
+    if schsm.HSMState.is_schsm(args.state):
+        hsm = schsm.HSMState(args.state)
+        profile = get_profile(args.profile or hsm.counters.profile, args.latency_ms, family="sc-hsm")
+        link = VirtualReaderLink(schsm.SmartCardHSM(hsm, profile), args.host, args.port, atr=schsm.ATR)
+    else:
+        state = CardState(args.state)
+        if not state.initialised:
+            ap.error(f"{args.state} is not an initialised card (run virtualcard provision)")
+        profile = get_profile(args.profile or state.counters.profile, args.latency_ms, family="piv")
+        link = VirtualReaderLink(PIVCard(state, profile), args.host, args.port)
     if args.removed:
         link.inserted = False
 

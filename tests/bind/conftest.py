@@ -7,7 +7,9 @@ pkcs11-provider, on one backend:
   ``softhsm-cardlike`` kind of the token table (sc4testkit/tokens.py), its SoftHSM
   ``slots.mechanisms`` and its shim ``[mask]``.
 - ``piv``: the virtual PIV card (pcscd + vpcd + our Python card) through OpenSC and the shim.
-- ``softhsm-direct`` / ``piv-direct``: the same tokens without the shim (the module preloaded with
+- ``schsm``: the virtual SmartCard-HSM (Nitrokey HSM 2) through OpenSC's sc-hsm driver and the
+  shim: it generates keys through PKCS#11, so flow 4 puts the KSK on the card.
+- ``softhsm-direct`` / ``piv-direct`` / ``schsm-direct``: the same tokens without the shim (the module preloaded with
   LD_PRELOAD, per consumers-bind920.md) — the baselines that tell a shim failure from a harness or
   BIND failure, and the timing reference.
 
@@ -30,7 +32,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, TokenKind
+from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, VIRTUAL_SCHSM, TokenKind
 from sc4testkit.trixie import Missing, Shim, Trixie, install_shim
 from shim.config import dumps as config_dumps
 
@@ -46,6 +48,8 @@ BACKENDS: dict[str, tuple[TokenKind, bool]] = {
     "piv": (VIRTUAL, True),
     "softhsm-direct": (SOFTHSM, False),
     "piv-direct": (VIRTUAL, False),
+    "schsm": (VIRTUAL_SCHSM, True),
+    "schsm-direct": (VIRTUAL_SCHSM, False),
 }
 
 TIMINGS: list[tuple[str, str, float]] = []
@@ -267,9 +271,10 @@ def _virtualcard_cmd() -> list[str]:
     return [sys.executable, "-m", "virtualcard.cli"]
 
 
-def _card_up(state: Path, latency_ms: float | None) -> tuple[list[str], dict[str, str]]:
+def _card_up(state: Path, latency_ms: float | None, family: str = "piv") -> tuple[list[str], dict[str, str]]:
     cmd = _virtualcard_cmd()
     extra = [] if latency_ms is None else ["--latency-ms", str(latency_ms)]
+    extra += ["--card", family]
     try:
         proc = subprocess.run([*cmd, "up", str(state), *extra], capture_output=True, text=True, timeout=180)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -290,9 +295,9 @@ def _card_up(state: Path, latency_ms: float | None) -> tuple[list[str], dict[str
     return cmd, exports
 
 
-def _card_for_session(state: Path, latency_ms: float | None) -> Iterator[VirtualCard]:
-    """`virtualcard up STATE_DIR` on the host (pcscd + vpcd + the Python PIV card), down at the end."""
-    cmd, exports = _card_up(state, latency_ms)
+def _card_for_session(state: Path, latency_ms: float | None, family: str = "piv") -> Iterator[VirtualCard]:
+    """`virtualcard up STATE_DIR` on the host (pcscd + vpcd + the Python card), down at the end."""
+    cmd, exports = _card_up(state, latency_ms, family)
     try:
         yield VirtualCard(state, exports)
     finally:
@@ -304,6 +309,12 @@ def virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCa
     yield from _card_for_session(tmp_path_factory.mktemp("virtualcard"), None)
 
 
+@pytest.fixture(scope="session")
+def schsm_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
+    """The virtual SmartCard-HSM (`virtualcard up --card sc-hsm`): generates keys through PKCS#11."""
+    yield from _card_for_session(tmp_path_factory.mktemp("schsm"), None, "sc-hsm")
+
+
 SLOW_CARD_MS = 200.0
 
 
@@ -313,7 +324,9 @@ def slow_virtual_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Virt
     yield from _card_for_session(tmp_path_factory.mktemp("slowcard"), SLOW_CARD_MS)
 
 
-def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: VirtualCard) -> Signer:
+def _make_piv(
+    name: str, trixie: Trixie, work: Path, shim: Shim | None, card: VirtualCard, kind: TokenKind = VIRTUAL
+) -> Signer:
     ex = card.exports
     missing = [
         k
@@ -336,6 +349,9 @@ def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: Vi
     env = {"PCSCLITE_CSOCK_NAME": ex["PCSCLITE_CSOCK_NAME"]}
     token = ex["VIRTUALCARD_TOKEN_LABEL"]
     listing = trixie.run(["pkcs11-tool", "--module", opensc, "-L"], env=env, check=False)
+    plain = token.removesuffix(" (UserPIN)")  # the host's OpenSC 0.23 appends it, the root's 0.26 does not
+    if kind.card_family == "sc-hsm" and f"token label        : {plain}\n" in listing.stdout:
+        token = plain
     if listing.returncode != 0 or token not in listing.stdout:
         fail_missing(
             Missing(
@@ -347,7 +363,7 @@ def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: Vi
         cnf = _openssl_cnf(trixie, work, opensc)
         # opensc-pkcs11 under RTLD_DEEPBIND mixes allocators (free(): invalid pointer): preload it.
         sign_env = {**env, "OPENSSL_CONF": str(cnf), "LD_PRELOAD": opensc}
-        return Signer(name, trixie, work, token, pin_file, *selects, sign_env, env, opensc, False)
+        return Signer(name, trixie, work, token, pin_file, *selects, sign_env, env, opensc, kind.can_generate)
     audit_log = work / "audit.jsonl"
     cnf = _openssl_cnf(trixie, work, shim.module)
     sign_env = {
@@ -370,7 +386,7 @@ def _make_piv(name: str, trixie: Trixie, work: Path, shim: Shim | None, card: Vi
         sign_env,
         env,
         opensc,
-        False,
+        kind.can_generate,
         shim=shim,
         audit_log=audit_log,
     )
@@ -384,6 +400,8 @@ def signer(request: pytest.FixtureRequest, trixie: Trixie, tmp_path: Path) -> Si
     shim_ = request.getfixturevalue("shim") if through_shim else None
     if kind.source == "softhsm":
         return _make_softhsm(name, kind, trixie, work, shim_)
+    if kind.card_family == "sc-hsm":
+        return _make_piv(name, trixie, work, shim_, request.getfixturevalue("schsm_card"), kind)
     slow = request.node.get_closest_marker("slow_card") is not None
     card = request.getfixturevalue("slow_virtual_card" if slow else "virtual_card")
     return _make_piv(name, trixie, work, shim_, card)

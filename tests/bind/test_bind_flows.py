@@ -177,9 +177,9 @@ def _ksk_files(keys: Path) -> dict[str, str]:
 
 
 def test_named_dnssec_policy_generates_ksk_on_token(signer: Signer) -> None:
-    """Flow 4: key-store + dnssec-policy. A token that can generate keys gets the KSK; one that
-    cannot (the PIV card: no key generation through PKCS#11) must fail loudly, never fall back to a
-    software KSK (Debian 12's BIND 9.18 does exactly that)."""
+    """Flow 4: key-store + dnssec-policy. A token that can generate keys (SoftHSM, the SmartCard-HSM)
+    gets the KSK; one that cannot (the PIV card: no key generation through PKCS#11) must fail
+    loudly, never fall back to a software KSK (Debian 12's BIND 9.18 does exactly that)."""
     port = free_port()
     conf = _policy_conf(signer, port)
     keys = signer.work / "keys"
