@@ -7,9 +7,9 @@ the PowerDNS programs. ``pdnsutil`` and ``pdns_server`` both open the token, so 
 shim's environment; they run as the ``pdns`` user where the token can go with it.
 
 PowerDNS looks for the token over every slot, empty ones included, and gives up at the first slot
-without a token (``CKR_TOKEN_NOT_PRESENT``). OpenSC has a slot per reader, so on the virtual card
-PowerDNS gets an OPENSC_CONF that shows it the card's reader only, as an operator must do on a
-host with more than one reader.
+without a token (``CKR_TOKEN_NOT_PRESENT``). OpenSC has a slot per reader, so on a virtual card
+through OpenSC PowerDNS gets an OPENSC_CONF that shows it the card's reader only, as an operator
+must do on a host with more than one reader.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from sc4testkit.tokens import TOKENS
 
 from .conftest import (
     ORIGIN,
@@ -62,12 +64,13 @@ def p11_name() -> Iterator[str]:
 
 @pytest.fixture
 def card_reader_only(bench: Bench, request: pytest.FixtureRequest) -> None:
-    """On the virtual card, OpenSC shows the PowerDNS programs the card's reader only.
+    """On a virtual card through OpenSC, OpenSC shows the PowerDNS programs the card's reader only.
 
     pcscd 2.x (Debian 13) lists the harness's other, empty readers before the card's; pcscd 1.9.9
     (Debian 12) lists the card's first, which is the only reason PowerDNS found it there unaided.
     """
-    if bench.card.kind != "virtual":
+    kind = TOKENS[bench.card.kind]
+    if kind.source != "virtual" or kind.module != "opensc":
         return
     harness = request.getfixturevalue("virtual_harness")
     reader = next(r for r in range(harness.readers) if harness.reader_name(r) == bench.card.reader)
