@@ -86,6 +86,12 @@ ATTRIBUTES: dict[int, Codec] = {
 SECRET = frozenset(t for t, c in ATTRIBUTES.items() if c.secret)
 
 
+def shown(atype: int) -> bool:
+    """Whether the audit log may show this attribute's value (else only its length)."""
+    codec = ATTRIBUTES.get(atype, _RAW)
+    return codec.show is not None and not codec.secret
+
+
 def summarise(atype: int, value: bytes | None) -> tuple[str, Any]:
     """(name, what the audit log shows): a non-secret value the table can show, else its length."""
     key = name(atype)

@@ -1,7 +1,7 @@
 """The audit layer, on top: one record for every call, and the fail-closed refusal.
 
-Each entry point summarises the call's arguments (:mod:`shim.summary`), calls
-the layers below, turns any exception into a CKR (never CKR_OK, never an
+Each entry point summarises the call's inputs (:mod:`shim.summary`), calls
+the layers below, summarises what the callee wrote to its outputs, turns any exception into a CKR (never CKR_OK, never an
 exception reaching the host), and writes exactly one record.  When the record
 cannot be written and the policy is fail-closed, a call that had succeeded
 returns CKR_GENERAL_ERROR instead; its output buffer is zeroed and the
@@ -21,7 +21,7 @@ from shim.constants import CKR, name_of
 from shim.errors import PKCS11Error
 from shim.functions import BY_NAME
 from shim.report import report
-from shim.summary import compile_summariser
+from shim.summary import compile_output_summariser, compile_summariser
 
 _RV_NAMES: dict[int, str] = {int(v): name_of(CKR, v) for v in CKR}  # name_of builds an enum member per call
 _OPS = ("Sign", "SignRecover", "Verify", "VerifyRecover", "Digest", "Encrypt", "Decrypt")
@@ -69,6 +69,7 @@ class Audit:
     def _entry(self, name: str) -> Entry:
         spec = BY_NAME[name]
         summarise = compile_summariser(spec)
+        summarise_outputs = compile_output_summariser(spec)
         fn = self.below[name]
         # The (buffer, length pointer) pair a result is written to (signature, digest, plaintext...).
         out_at = next((i for i in range(len(spec.params) - 1, 0, -1)
@@ -89,6 +90,11 @@ class Audit:
             except Exception as e:  # noqa: BLE001 - the host must never see a Python exception
                 rv = CKR.GENERAL_ERROR
                 call.error = f"{type(e).__name__}: {e}"
+            if summarise_outputs is not None:
+                try:
+                    summarise_outputs(args, rv, call.args)
+                except Exception as e:  # noqa: BLE001 - a summary bug must not change the call's result
+                    call.error = call.error or f"output summary: {type(e).__name__}: {e}"
             out = self.record_call(call, rv, t0)
             if out != rv and rv == CKR.OK:  # fail-closed refused a call that had succeeded
                 try:
