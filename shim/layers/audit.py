@@ -1,8 +1,9 @@
 """The audit layer, on top: one record for every call, and the fail-closed refusal.
 
 Each entry point summarises the call's inputs (:mod:`shim.summary`), calls
-the layers below, summarises what the callee wrote to its outputs, turns any exception into a CKR (never CKR_OK, never an
-exception reaching the host), and writes exactly one record.  When the record
+the layers below, summarises what the callee wrote to its outputs, turns any
+exception into a CKR (never CKR_OK, never an exception reaching the host), and
+writes exactly one record.  When the record
 cannot be written and the policy is fail-closed, a call that had succeeded
 returns CKR_GENERAL_ERROR instead; its output buffer is zeroed and the
 operation it left active in the backend is ended.
