@@ -64,3 +64,24 @@ def test_sessions_the_shim_does_not_know_are_not_probed(base: Loaded, card: Any)
     before = card.fake_calls(b"C_GetSlotInfo")
     assert t["C_Sign"](Call("C_Sign"), 5, cabi.NULL, 0, cabi.NULL, FFI.new("CK_ULONG *")) == CKR.GENERAL_ERROR
     assert card.fake_calls(b"C_GetSlotInfo") == before
+
+
+def test_the_rewrites_are_the_spec_tables_key_handle_functions() -> None:
+    assert fixups_mod.RV_REWRITES["C_SignInit"] == {CKR.OBJECT_HANDLE_INVALID: CKR.KEY_HANDLE_INVALID}
+    assert fixups_mod.RV_REWRITES["C_UnwrapKey"] == {CKR.OBJECT_HANDLE_INVALID: CKR.UNWRAPPING_KEY_HANDLE_INVALID}
+    assert fixups_mod.RV_REWRITES["C_WrapKey"] == {CKR.OBJECT_HANDLE_INVALID: CKR.KEY_HANDLE_INVALID}
+    assert "C_GetAttributeValue" not in fixups_mod.RV_REWRITES  # it may say OBJECT_HANDLE_INVALID
+    assert len(fixups_mod.RV_REWRITES) == 10
+
+
+@pytest.mark.parametrize("gone", [CKR.DEVICE_REMOVED, CKR.TOKEN_NOT_PRESENT, CKR.SESSION_HANDLE_INVALID])
+def test_a_missing_token_makes_the_slot_asked_once_so_a_new_card_is_noticed(base: Loaded, card: Any,
+                                                                            gone: int) -> None:
+    t = Fixups(base.table, slot_of=lambda h: 1).table()
+    h = _open(base)
+    card.fake_force(b"C_Login", gone)
+    before = card.fake_calls(b"C_GetSlotInfo")
+    call = Call("C_Login")
+    assert t["C_Login"](call, h, 1, FFI.new("CK_UTF8CHAR[]", b"1234"), 4) == gone
+    assert card.fake_calls(b"C_GetSlotInfo") == before + 1
+    assert call.args["slot_refreshed"] == {"slot": 1, "rv": "OK"}
