@@ -222,8 +222,9 @@ class AuditWriter:
         self.epoch = secrets.token_hex(8)
         self._opened = False  # no record of this epoch written to the current file yet
         # pid/uid/prog/epoch are constant per epoch: encode them once, not per record.
+        self._uid = os.getuid()
         self._prefix = schema.ENCODER.encode(
-            {"epoch": self.epoch, "pid": self.pid, "uid": os.getuid(), "prog": self.prog})[1:-1]
+            {"epoch": self.epoch, "pid": self.pid, "uid": self._uid, "prog": self.prog})[1:-1]
 
     def after_fork(self) -> None:
         """In a forked child: a private descriptor and a new epoch (also done lazily
@@ -359,6 +360,10 @@ class AuditWriter:
                 if now >= self._next_check:
                     self._next_check = now + ROTATION_CHECK_S
                     self._check_rotation()
+            if os.getuid() != self._uid:
+                # A daemon (named) loads the module as root and drops to its own user later: an
+                # epoch is one (pid, uid, prog), so the first record under the new uid opens a new one.
+                self._new_epoch()
             if isinstance(body, str) and not body.startswith(self._prefix):
                 # Encoded before a rotation or fork gave this writer a new epoch: the record
                 # belongs to the new one.  An encoded prog cannot contain ',"thread":'.
