@@ -364,6 +364,7 @@ class AuditWriter:
                 # A daemon (named) loads the module as root and drops to its own user later: an
                 # epoch is one (pid, uid, prog), so the first record under the new uid opens a new one.
                 self._new_epoch()
+                self._size = -1  # the slow path writes the new epoch's first line (with its format)
             if isinstance(body, str) and not body.startswith(self._prefix):
                 # Encoded before a rotation or fork gave this writer a new epoch: the record
                 # belongs to the new one.  An encoded prog cannot contain ',"thread":'.
