@@ -1,15 +1,20 @@
-"""The guard: which calls are admitted (initialisation, policy, fork).
+"""The guard: which calls are admitted (initialisation, policy, fork, bounds).
 
 Every function passes the guard's gate: in a forked child the first call resets
 the shim (PKCS#11 requires a new C_Initialize there, and the audit chain goes on
 in a new epoch); before C_Initialize only C_Initialize is admitted; with
 ``[policy] allow_functions`` set, other functions answer
-CKR_ACTION_PROHIBITED.  The guard also owns library initialisation itself.
+CKR_ACTION_PROHIBITED; a length or count beyond :data:`BOUNDS` answers
+CKR_ARGUMENTS_BAD before anything reaches the card (a backend trusts them: SoftHSM
+crashed on a C_Login with ulPinLen = 2^40).  The guard also owns library
+initialisation itself, and C_Finalize waits for the calls in flight: the
+backend frees what they use.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +22,23 @@ from shim import cabi
 from shim.call import Call, LayerFn, Table
 from shim.constants import CKR, InitFlag
 from shim.errors import PKCS11Error
+from shim.functions import BY_NAME, FunctionSpec
+from shim.spec import ALLOWED
 
 BEFORE_INIT = frozenset({"C_Initialize"})  # C_GetFunctionList is answered in C
+
+#: Sane upper bounds, by the kind of argument (far above any real use, far below what makes a
+#: backend read or allocate terabytes): a PIN's length, a template's attribute count, a template
+#: value's length, a data or output length, a mechanism parameter's length.
+BOUNDS: dict[str, int] = {"pin": 4096, "attributes": 4096, "value": 1 << 24, "data": 1 << 30,
+                          "mechanism_parameter": 1 << 16}
+#: Calls C_Finalize does not wait for: C_WaitForSlotEvent may block until C_Finalize ends it.
+NOT_AWAITED = frozenset({"C_WaitForSlotEvent", "C_Finalize", "C_Initialize"})
+#: How long C_Finalize waits for the calls in flight before it goes on (a card that never answers
+#: must not hang the host's shutdown); the record says how many were still running.
+FINALIZE_WAIT_S = 10.0
+
+Check = Callable[[tuple[Any, ...]], str | None]
 
 
 class Guard:
@@ -32,6 +52,8 @@ class Guard:
         self.initialized = False
         self.inherited = False  # state came from the parent across fork()
         self._fork_generation = cabi.lib.sc4_fork_generation
+        self._flight: dict[int, int] = {}  # thread id -> calls of that thread inside the layers below
+        self._finalizing = False
 
     def overrides(self) -> Table:
         """The functions the guard serves itself; every function, its own or not, passes the gate."""
@@ -49,6 +71,11 @@ class Guard:
         needs_init = name not in BEFORE_INIT
         denied = self.denied(name)
         lib = cabi.lib
+        checks = bound_checks(BY_NAME[name]) if name in BY_NAME else []
+        refusal = CKR.ARGUMENTS_BAD
+        awaited = name not in NOT_AWAITED
+        flight = self._flight
+        ident = threading.get_ident
 
         def gate(call: Call, *args: Any) -> int:
             if lib.sc4_fork_generation != self._fork_generation:
@@ -57,7 +84,26 @@ class Guard:
                 return CKR.CRYPTOKI_NOT_INITIALIZED
             if denied:
                 raise PKCS11Error(CKR.ACTION_PROHIBITED, "denied by [policy] allow_functions")
-            return fn(call, *args)
+            for check in checks:
+                why = check(args)
+                if why is not None:
+                    raise PKCS11Error(refusal if refusal in ALLOWED[name] else CKR.MECHANISM_PARAM_INVALID, why)
+            if not awaited:
+                return fn(call, *args)
+            # Counted before the initialisation is checked again, so that C_Finalize, which sets
+            # _finalizing first and then waits for the count, cannot miss this call.
+            tid = ident()
+            n = flight.get(tid, 0)
+            flight[tid] = n + 1
+            try:
+                if self._finalizing or (needs_init and not self.initialized):
+                    return CKR.CRYPTOKI_NOT_INITIALIZED
+                return fn(call, *args)
+            finally:
+                if n:
+                    flight[tid] = n
+                else:
+                    del flight[tid]
 
         gate.__name__ = f"gate_{name}"
         return gate
@@ -66,6 +112,8 @@ class Guard:
         """In a child: PKCS#11 requires a new C_Initialize; every layer forgets its sessions."""
         self._fork_generation = cabi.lib.sc4_fork_generation
         self.lock = threading.RLock()
+        self._flight.clear()  # the parent's other threads do not exist here
+        self._finalizing = False
         for hook in self._on_fork:
             hook()
         if self.initialized:
@@ -101,9 +149,33 @@ class Guard:
         if p_reserved != cabi.NULL:
             return CKR.ARGUMENTS_BAD
         with self.lock:
-            rv = self.below["C_Finalize"](call, cabi.NULL)
-            self.initialized = False
+            if not self.initialized:
+                return CKR.CRYPTOKI_NOT_INITIALIZED
+            self._finalizing = True
+            try:
+                waited = self._wait_for_calls_in_flight()
+                if waited:
+                    call.args["waited_for_calls"] = waited
+                rv = self.below["C_Finalize"](call, cabi.NULL)
+                self.initialized = False
+            finally:
+                self._finalizing = False
             return int(rv)
+
+    def _wait_for_calls_in_flight(self) -> int:
+        """Wait until no other thread is inside the layers below; how many were there at first.
+        Calls arriving meanwhile are refused (CKR_CRYPTOKI_NOT_INITIALIZED) by the gate."""
+        me = threading.get_ident()
+        others = sum(n for t, n in list(self._flight.items()) if t != me)
+        if not others:
+            return 0
+        deadline = time.monotonic() + FINALIZE_WAIT_S
+        while any(t != me for t in list(self._flight)) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        still = sum(n for t, n in list(self._flight.items()) if t != me)
+        if still:
+            raise PKCS11Error(CKR.FUNCTION_FAILED, f"{still} call(s) still in flight after {FINALIZE_WAIT_S:g} s")
+        return others
 
 
 def _check_init_args(p_init_args: Any, call: Call) -> int:
@@ -123,3 +195,56 @@ def _check_init_args(p_init_args: Any, call: Call) -> int:
     if all(given) and not flags & InitFlag.OS_LOCKING_OK:
         raise PKCS11Error(CKR.CANT_LOCK, "application mutexes without CKF_OS_LOCKING_OK")
     return flags
+
+
+def bound_checks(spec: FunctionSpec) -> list[Check]:
+    """The bounds of ``spec``'s lengths and counts (:data:`BOUNDS`), from its parameter types."""
+    checks: list[Check] = []
+    params = spec.params
+    for i, p in enumerate(params):
+        nxt = params[i + 1] if i + 1 < len(params) else None
+        if nxt is not None and nxt.ctype == "CK_ULONG" and p.ctype == "CK_UTF8CHAR_PTR":
+            checks.append(_max_ulong(i + 1, nxt.name, BOUNDS["pin"]))
+        elif nxt is not None and nxt.ctype == "CK_ULONG" and p.ctype == "CK_BYTE_PTR":
+            checks.append(_max_ulong(i + 1, nxt.name, BOUNDS["data"]))
+        elif nxt is not None and nxt.ctype == "CK_ULONG" and p.ctype == "CK_ATTRIBUTE_PTR":
+            checks.append(_template_bounds(i, nxt.name, output=spec.name == "C_GetAttributeValue"))
+        elif p.ctype == "CK_MECHANISM_PTR":
+            checks.append(_mechanism_bounds(i))
+    return checks
+
+
+def _max_ulong(i: int, what: str, limit: int) -> Check:
+    def check(args: tuple[Any, ...]) -> str | None:
+        return None if int(args[i]) <= limit else f"{what} {int(args[i])} beyond {limit}"
+
+    return check
+
+
+def _template_bounds(i: int, what: str, *, output: bool) -> Check:
+    limit, value_limit = BOUNDS["attributes"], BOUNDS["value"]
+
+    def check(args: tuple[Any, ...]) -> str | None:
+        ptr, n = args[i], int(args[i + 1])
+        if n > limit:
+            return f"{what} {n} beyond {limit}"
+        if output or ptr == cabi.NULL:  # an output buffer's size is only an upper bound to write to
+            return None
+        for k in range(n):
+            if int(ptr[k].ulValueLen) > value_limit:
+                return f"attribute {k} ulValueLen {int(ptr[k].ulValueLen)} beyond {value_limit}"
+        return None
+
+    return check
+
+
+def _mechanism_bounds(i: int) -> Check:
+    limit = BOUNDS["mechanism_parameter"]
+
+    def check(args: tuple[Any, ...]) -> str | None:
+        m = args[i]
+        if m == cabi.NULL or int(m.ulParameterLen) <= limit:
+            return None
+        return f"ulParameterLen {int(m.ulParameterLen)} beyond {limit}"
+
+    return check

@@ -26,6 +26,9 @@ CK_OBJECT_HANDLE fake_add_object(void);
 void fake_set_attr(CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type, const unsigned char *value, CK_ULONG len);
 CK_ULONG fake_last_input(unsigned char *out, CK_ULONG cap);
 CK_MECHANISM_TYPE fake_last_mechanism(void);
+void fake_hold(int on);
+int fake_in_sign(void);
+int fake_finalized_during_call(void);
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
 """
 
