@@ -388,11 +388,6 @@ def test_card_pulled_named_answers_and_a_forced_resign_fails_loudly(production: 
     assert len(_card_signs(p.audit())) == p.state["signs"], "a signature while the card was out"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after re-insertion OpenSC answers C_Login with CKR_DEVICE_REMOVED until someone calls "
-    "C_GetSlotInfo on the slot; pkcs11-provider never does and the shim does not yet (issue 19 report)",
-)
 def test_card_reinserted_a_forced_resign_succeeds(production: Production) -> None:
     p = production
     assert p.card_out, "needs the card pulled by the test before"
