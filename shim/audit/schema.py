@@ -29,14 +29,17 @@ OPTIONAL_FIELDS: Final = frozenset({"format", "error"})
 #: The format version this writer writes (see docs/audit-format.md).  A new field or
 #: record kind is a new version; a version is never removed from the tables below,
 #: so a verifier of any later release still checks every log ever written.
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 
 #: Record kinds of each format version.  Version 1 is the unversioned format of
 #: release 0.1: its epochs carry no ``format`` field.
 KINDS_BY_VERSION: Final[dict[int, frozenset[str]]] = {
     1: frozenset({"call", "load", "config", "backend", "gap", "checkpoint", "recovery"}),
     2: frozenset({"call", "load", "config", "backend", "gap", "checkpoint", "recovery", "link"}),
+    3: frozenset({"call", "load", "config", "backend", "gap", "checkpoint", "recovery", "link", "intent"}),
 }
+#: Kinds that name the PKCS#11 function they are about in ``fn``.
+FN_KINDS: Final = frozenset({"call", "intent"})
 SUPPORTED_VERSIONS: Final = tuple(sorted(KINDS_BY_VERSION))
 KINDS: Final = KINDS_BY_VERSION[FORMAT_VERSION]
 ALL_KINDS: Final = frozenset().union(*KINDS_BY_VERSION.values())
@@ -152,8 +155,8 @@ def schema_error(rec: dict[str, Any]) -> str | None:
         return "prog is not a string"
     if rec["kind"] not in ALL_KINDS:
         return f"unknown kind {rec['kind']!r}"
-    if rec["kind"] == "call" and not isinstance(rec["fn"], str):
-        return "call record without fn"
+    if rec["kind"] in FN_KINDS and not isinstance(rec["fn"], str):
+        return f"{rec['kind']} record without fn"
     if rec["fn"] is not None and not isinstance(rec["fn"], str):
         return "fn is not a string"
     if rec["args"] is not None and not isinstance(rec["args"], dict):

@@ -27,6 +27,8 @@ from typing import Any
 GENESIS = "0" * 64
 KINDS = {1: {"call", "load", "config", "backend", "gap", "checkpoint", "recovery"}}
 KINDS[2] = KINDS[1] | {"link"}
+KINDS[3] = KINDS[2] | {"intent"}
+LATEST = max(KINDS)
 ORDER = ["format", "seq", "ts", "epoch", "pid", "uid", "prog", "thread", "kind", "fn", "args", "rv", "dur_us",
          "src", "error", "prev"]
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
@@ -121,8 +123,9 @@ def record_shaped(o: Any) -> bool:
         and isinstance(g("epoch"), str) and EPOCH.match(g("epoch"))
         and all(integer(g(k)) for k in ("pid", "uid", "thread"))
         and isinstance(g("prog"), str)
-        and g("kind") in KINDS[2]
-        and (g("fn") is None or isinstance(g("fn"), str)) and (g("kind") != "call" or isinstance(g("fn"), str))
+        and g("kind") in KINDS[LATEST]
+        and (g("fn") is None or isinstance(g("fn"), str))
+        and (g("kind") not in ("call", "intent") or isinstance(g("fn"), str))
         and (g("args") is None or isinstance(g("args"), Obj))
         and (g("rv") is None or isinstance(g("rv"), str))
         and (g("dur_us") is None or integer(g("dur_us")))

@@ -35,7 +35,8 @@ def test_every_epoch_opens_with_the_format_version(log: Path) -> None:
     assert all(r["format"] == schema.FORMAT_VERSION and list(r)[0] == "format" for r in firsts.values())
     assert sum("format" in r for r in recs) == 2  # only the epochs' first records
     res = verify(str(log))
-    assert res.ok and res.versions == {2: 2} and res.version_starts == [(1, 2)]
+    v = schema.FORMAT_VERSION
+    assert res.ok and res.versions == {v: 2} and res.version_starts == [(1, v)]
 
 
 def test_a_version_1_log_verifies_as_before(log: Path) -> None:
@@ -70,9 +71,10 @@ def test_an_upgrade_while_older_writers_append_verifies_and_is_marked(log: Path)
     write_lines(log, lines)
     res = verify(str(log))
     assert res.ok, res.reason
-    assert res.versions == {1: 1, 2: 1} and res.version_starts == [(1, 1), (6, 2), (9, 1)]
-    assert rec(lines[5])["format"] == 2  # the version change is itself a record
-    assert "format version(s): 1 from seq 1, 2 from seq 6, 1 from seq 9" in run_cli("verify", str(log)).stdout
+    v = schema.FORMAT_VERSION
+    assert res.versions == {1: 1, v: 1} and res.version_starts == [(1, 1), (6, v), (9, 1)]
+    assert rec(lines[5])["format"] == v  # the version change is itself a record
+    assert f"format version(s): 1 from seq 1, {v} from seq 6, 1 from seq 9" in run_cli("verify", str(log)).stdout
 
 
 def test_an_unknown_version_is_not_called_intact_or_tampered(log: Path) -> None:
@@ -180,3 +182,47 @@ def test_records_of_a_forked_child_carry_its_own_format_field(log: Path) -> None
     w.close()
     recs = [rec(x) for x in read_lines(log)]
     assert [("format" in r) for r in recs] == [True, False, True, False]
+
+
+def _with_intent(log: Path) -> list[bytes]:
+    """A log of this writer with a write-ahead ``intent`` before a C_DestroyObject call."""
+    w = AuditWriter(str(log), program="named")
+    write_calls(w, 2)
+    w.write("intent", fn="C_DestroyObject", args={"session": 1, "object": 7})
+    w.write("call", fn="C_DestroyObject", args={"session": 1, "object": 7}, rv="CKR_OK", dur_us=9)
+    w.close()
+    return read_lines(log)
+
+
+def test_a_version_3_intent_record_verifies_with_both_verifiers(log: Path) -> None:
+    import independent_verifier
+
+    lines = _with_intent(log)
+    intent = rec(lines[2])
+    assert (intent["kind"], intent["fn"], intent["rv"], intent["dur_us"]) == ("intent", "C_DestroyObject", None, None)
+    assert rec(lines[0])["format"] == 3
+    res = verify(str(log))
+    assert res.ok and res.versions == {3: 1}, res.reason
+    ind = independent_verifier.verify(str(log), os.devnull, None, False)
+    assert ind.exit == 0, ind.why
+
+
+def test_an_intent_in_a_version_2_epoch_is_tampering(log: Path) -> None:
+    import independent_verifier
+
+    lines = _with_intent(log)
+    first = rec(lines[0])
+    first["format"] = 2  # the same records, declared as format 2 (which has no intent kind)
+    lines[0] = enc(first)
+    write_lines(log, rechain(lines, 1))
+    res = verify(str(log))
+    assert not res.ok and res.first_bad_seq == 3 and "does not exist in format version 2" in (res.reason or "")
+    ind = independent_verifier.verify(str(log), os.devnull, None, False)
+    assert (ind.exit, ind.seq) == (1, 3), ind.why
+
+
+def test_an_intent_without_fn_is_not_a_record(log: Path) -> None:
+    lines = _with_intent(log)
+    r = rec(lines[2])
+    r["fn"] = None
+    assert schema.schema_error(r) == "intent record without fn"

@@ -254,7 +254,9 @@ def main() -> int:
 
         out = a.out
         (out / "keys").mkdir(parents=True, exist_ok=True)
-        shutil.copy(pub, out / "keys" / pub.name)
+        # Each run's key has its own name: the directories of earlier runs keep theirs.
+        key_name = pub.name if a.old_version == 1 else f"checkpoint-ed25519-v{a.old_version}.pub.pem"
+        shutil.copy(pub, out / "keys" / key_name)
         for name, log in cases.items():
             dest = out / name
             if dest.exists():
@@ -269,11 +271,11 @@ def main() -> int:
             entries = [{"file": log.name, "what": "as written"}] + tamper(dest, genuine)
             expected = {"made_by": {"old_release_commit": commit, "old_format": a.old_version,
                                     "new_format": schema.FORMAT_VERSION},
-                        "log": log.name, "checkpoints": cp.name, "key": f"../keys/{pub.name}",
+                        "log": log.name, "checkpoints": cp.name, "key": f"../keys/{key_name}",
                         "records": r.records, "last_seq": r.last_seq, "head_sha256": r.head,
                         "format_versions": sorted(r.versions),
                         "version_starts": [list(x) for x in r.version_starts],
-                        "cases": [expected_for(dest, e, cp, out / "keys" / pub.name) for e in entries]}
+                        "cases": [expected_for(dest, e, cp, out / "keys" / key_name) for e in entries]}
             (dest / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
             print(name, r.records, "records", r.version_starts)
     return 0
