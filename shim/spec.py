@@ -339,3 +339,20 @@ ALLOWED: dict[str, frozenset[CKR]] = {
 def allowed(fn: str, rv: int) -> bool:
     """Whether PKCS#11 lets ``fn`` return ``rv`` (KeyError for a function the spec does not define)."""
     return rv in ALLOWED[fn]
+
+
+# Functions that change the token's or the login state (PKCS#11 v2.40 sections 5.5-5.13): what a
+# record must announce before the call reaches the card (a write-ahead "intent" record), so that
+# a log that cannot be written cannot hide a key deletion or a PIN change.  By section:
+# 5.5 token and PIN management; 5.6 login and logout; 5.7 objects created, copied, destroyed or
+# modified; 5.13 keys generated, wrapped (key material leaves the token), unwrapped and derived.
+# Not here: C_CloseSession and C_CloseAllSessions (their effect on the login state ends a
+# session the log already has; refusing them would keep a login open), random seeding (no
+# token state a later call depends on), and cryptographic operations such as C_Sign, whose
+# outcome record is the record of what happened.
+STATE_CHANGING: frozenset[str] = frozenset({
+    "C_InitToken", "C_InitPIN", "C_SetPIN",                                       # 5.5
+    "C_Login", "C_Logout",                                                        # 5.6
+    "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_SetAttributeValue",  # 5.7
+    "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey", "C_DeriveKey",  # 5.13
+})

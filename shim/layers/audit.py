@@ -7,6 +7,12 @@ writes exactly one record.  When the record
 cannot be written and the policy is fail-closed, a call that had succeeded
 returns CKR_GENERAL_ERROR instead; its output buffer is zeroed and the
 operation it left active in the backend is ended.
+
+A call that changes the token's or the login state (:data:`shim.spec.STATE_CHANGING`)
+cannot be undone that way: before it goes below, an ``intent`` record with its
+input summary is written (write-ahead), and if that record cannot be written
+under fail-closed the call is refused before anything reaches the card.  Its
+``call`` record follows as for every call.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from shim.constants import CKR, name_of
 from shim.errors import PKCS11Error
 from shim.functions import BY_NAME
 from shim.report import report
+from shim.spec import STATE_CHANGING
 from shim.summary import compile_output_summariser, compile_summariser
 
 _RV_NAMES: dict[int, str] = {int(v): name_of(CKR, v) for v in CKR}  # name_of builds an enum member per call
@@ -49,6 +56,18 @@ class Audit:
         except AuditUnavailable as e:
             report(f"audit log unavailable: {e}")
 
+    def record_intent(self, call: Call) -> None:
+        """The write-ahead record of a state-changing call; PKCS11Error if fail-closed cannot write it."""
+        try:
+            self.writer.write("intent", fn=call.fn, args=dict(call.args))
+        except AuditUnavailable as e:
+            raise PKCS11Error(CKR.GENERAL_ERROR, f"refused before the card: write-ahead record not written: {e}") \
+                from None
+        except Exception as e:  # noqa: BLE001 - a bug in the audit path must not reach the host
+            report(f"audit intent record for {call.fn} failed: {type(e).__name__}: {e}")
+            if self._fail_closed:
+                raise PKCS11Error(CKR.GENERAL_ERROR, "refused before the card: write-ahead record failed") from None
+
     def record_call(self, call: Call, rv: int, t0: int) -> int:
         """Write the call's record; the CK_RV the caller gets (fail-closed: no record, no success)."""
         dur_us = (time.perf_counter_ns() - t0) // 1000
@@ -71,6 +90,7 @@ class Audit:
         spec = BY_NAME[name]
         summarise = compile_summariser(spec)
         summarise_outputs = compile_output_summariser(spec)
+        ahead = name in STATE_CHANGING
         fn = self.below[name]
         # The (buffer, length pointer) pair a result is written to (signature, digest, plaintext...).
         out_at = next((i for i in range(len(spec.params) - 1, 0, -1)
@@ -84,6 +104,8 @@ class Audit:
             rv: int
             try:
                 summarise(args, call.args)
+                if ahead:
+                    self.record_intent(call)
                 rv = fn(call, *args)
             except PKCS11Error as e:
                 rv = e.rv

@@ -64,7 +64,7 @@ def test_an_exception_below_is_a_ckr_with_the_reason_recorded(stack: Stack) -> N
     entries = audit.entries()
     assert entries["C_GetInfo"](FFI.new("CK_INFO *")) == CKR.GENERAL_ERROR
     assert entries["C_Logout"](1) == CKR.KEY_TYPE_INCONSISTENT
-    last = records(stack.log)[-2:]
+    last = [r for r in records(stack.log) if r["kind"] == "call"][-2:]
     assert last[0]["error"] == "ValueError: bug" and last[1]["error"] == "not this key"
 
 
@@ -98,3 +98,58 @@ def test_a_bug_in_the_audit_path_refuses_success_only_when_fail_closed(stack: St
     assert closed.record_call(Call("C_GetSessionInfo"), CKR.OK, 0) == CKR.GENERAL_ERROR
     assert opened.record_call(Call("C_GetSessionInfo"), CKR.OK, 0) == CKR.OK
     assert closed.record_call(Call("C_GetSessionInfo"), CKR.SESSION_CLOSED, 0) == CKR.SESSION_CLOSED
+
+
+class _FailingAfter:
+    """A writer whose disk fills after ``n`` records."""
+
+    def __init__(self, inner: Any, n: int) -> None:
+        self.inner, self.n = inner, n
+
+    def write(self, kind: str, **fields: Any) -> None:
+        if self.n <= 0:
+            raise AuditUnavailable("disk full")
+        self.n -= 1
+        self.inner.write(kind, **fields)
+
+
+def test_a_state_changing_call_is_announced_before_it_reaches_the_card(stack: Stack, card: Any) -> None:
+    h = _open(stack)
+    key = add_ec_private_key(card, b"\x04" + bytes(64))
+    card.fake_force(b"C_DestroyObject", CKR.OK)  # the fake's card deletes it
+    assert stack.entries["C_DestroyObject"](h, key) == CKR.OK
+    recs = records(stack.log)[-2:]
+    assert [(r["kind"], r["fn"], r["rv"]) for r in recs] == [("intent", "C_DestroyObject", None),
+                                                           ("call", "C_DestroyObject", "CKR_OK")]
+    assert recs[0]["args"] == {"session": h, "object": key}
+
+
+def test_a_state_changing_call_whose_intent_cannot_be_written_never_reaches_the_card(stack: Stack,
+                                                                                     card: Any) -> None:
+    h = _open(stack)
+    key = add_ec_private_key(card, b"\x04" + bytes(64))
+    audit = Audit(stack.guard.table(), _Failing(), fail_closed=True)  # type: ignore[arg-type]
+    before = card.fake_calls(b"C_DestroyObject")
+    assert audit.entries()["C_DestroyObject"](h, key) == CKR.GENERAL_ERROR
+    assert card.fake_calls(b"C_DestroyObject") == before  # the key is still on the card
+
+
+def test_signing_writes_no_intent(stack: Stack, card: Any) -> None:
+    h = _open(stack)
+    key = add_ec_private_key(card, b"\x04" + bytes(64))
+    mech = FFI.new("CK_MECHANISM *", {"mechanism": CKM.ECDSA})
+    assert stack.entries["C_SignInit"](h, mech, key) == CKR.OK
+    n = FFI.new("CK_ULONG *", 64)
+    assert stack.entries["C_Sign"](h, FFI.new("CK_BYTE[]", 32), 32, FFI.new("CK_BYTE[]", 64), n) == CKR.OK
+    assert not [r for r in records(stack.log) if r["kind"] == "intent"]
+
+
+def test_an_intent_written_then_a_lost_outcome_still_says_what_was_tried(stack: Stack, card: Any) -> None:
+    h = _open(stack)
+    key = add_ec_private_key(card, b"\x04" + bytes(64))
+    card.fake_force(b"C_DestroyObject", CKR.OK)
+    audit = Audit(stack.guard.table(), _FailingAfter(stack.writer, 1), fail_closed=True)  # type: ignore[arg-type]
+    assert audit.entries()["C_DestroyObject"](h, key) == CKR.GENERAL_ERROR  # done, but unrecorded: refused
+    assert card.fake_calls(b"C_DestroyObject") == 1
+    last = records(stack.log)[-1]
+    assert (last["kind"], last["fn"], last["args"]["object"]) == ("intent", "C_DestroyObject", key)
