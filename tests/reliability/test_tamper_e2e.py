@@ -81,6 +81,8 @@ def _rechain_new_epoch(lines: Lines, k: int, other: Lines) -> tuple[Lines, int]:
     for i in range(k - 1, k + 2):
         r = rec(lines[i])
         r["epoch"] = epoch
+        if i == k - 1:  # the new epoch's first record says its version, as a writer's would
+            r["format"] = schema.FORMAT_VERSION
         lines[i] = schema.encode_line(r)
     return rechain(lines, k - 1), k
 
