@@ -70,7 +70,10 @@ class Shim:
                                             "mask_mechanisms": sorted(cfg.mask_mechanisms),
                                             "advertise_keygen": cfg.advertise_keygen,
                                             "eddsa_keygen_alias": cfg.eddsa_keygen_alias,
-                                            "allow_functions": None if allow is None else sorted(allow)},
+                                            "allow_functions": None if allow is None else sorted(allow),
+                                            # a remote card through p11-kit-client.so: which server
+                                            **({"p11_kit_server_address": os.environ["P11_KIT_SERVER_ADDRESS"]}
+                                               if os.environ.get("P11_KIT_SERVER_ADDRESS") else {})},
                             error=self.boot_error)
 
     def load_backend(self) -> Backend:
