@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,12 @@ DATA = b"example.com. 3600 IN DNSKEY 257 3 13 ..."
 
 
 @pytest.fixture(scope="module")
-def vcard(card_factory) -> VirtualCard:  # type: ignore[no-untyped-def]
-    """One pristine card for the read-only tests of this module."""
-    return card_factory()
+def vcard(card_factory) -> Iterator[VirtualCard]:  # type: ignore[no-untyped-def]
+    """One pristine card for the read-only tests of this module; its reader is freed afterwards
+    (the session's pcscd has 4 readers, and later modules need theirs)."""
+    vc = card_factory()
+    yield vc
+    vc.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,8 +160,11 @@ def test_profiles_belong_to_a_family() -> None:
 
 # -- the real stack -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def hsmcard(card_factory) -> VirtualCard:  # type: ignore[no-untyped-def]
-    return card_factory(kind="virtual-schsm")
+def hsmcard(card_factory) -> Iterator[VirtualCard]:  # type: ignore[no-untyped-def]
+    """The module's SmartCard-HSM; its reader is freed afterwards (the session's pcscd has 4)."""
+    vc = card_factory(kind="virtual-schsm")
+    yield vc
+    vc.stop()
 
 
 def _pubkey(card: VirtualCard, key_id: str, tmp_path: Path):  # type: ignore[no-untyped-def]
