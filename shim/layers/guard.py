@@ -20,7 +20,7 @@ from typing import Any
 
 from shim import cabi
 from shim.call import Call, LayerFn, Table
-from shim.constants import CKR, InitFlag
+from shim.constants import CKM, CKR, InitFlag
 from shim.errors import PKCS11Error
 from shim.functions import BY_NAME, FunctionSpec
 from shim.spec import ALLOWED
@@ -238,12 +238,17 @@ def _template_bounds(i: int, what: str, *, output: bool) -> Check:
     return check
 
 
+#: Digest mechanisms take no parameter, and what a caller leaves in pParameter/ulParameterLen is
+#: ignored (PowerDNS 4.7 hands C_DigestInit(CKM_SHA_1) an uninitialised length): no bound applies.
+PARAMETERLESS = frozenset({CKM.MD5, CKM.SHA_1, CKM.SHA224, CKM.SHA256, CKM.SHA384, CKM.SHA512})
+
+
 def _mechanism_bounds(i: int) -> Check:
     limit = BOUNDS["mechanism_parameter"]
 
     def check(args: tuple[Any, ...]) -> str | None:
         m = args[i]
-        if m == cabi.NULL or int(m.ulParameterLen) <= limit:
+        if m == cabi.NULL or int(m.ulParameterLen) <= limit or int(m.mechanism) in PARAMETERLESS:
             return None
         return f"ulParameterLen {int(m.ulParameterLen)} beyond {limit}"
 

@@ -47,7 +47,7 @@ pkcs11 = pkcs11_section
 engine_id = pkcs11
 dynamic_path = {ENGINE}
 MODULE_PATH = {r.signer.module}
-init = 0
+init = 1
 """)
     return cnf
 
