@@ -37,6 +37,15 @@ def signed_digests(path: Path) -> set[str]:
     return out
 
 
+def _wait_for_growth(path: Path, *, size_before: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until the signer has appended to its signature file (or has exited on its own)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.stat().st_size > size_before:
+            return
+        time.sleep(0.02)
+
+
 def test_sigkill_at_random_points_never_loses_or_corrupts_a_record(token: Token, tmp_path: Path) -> None:
     run = ShimRun.make(tmp_path / "run", token)
     sigs = tmp_path / "sigs.jsonl"
@@ -48,7 +57,12 @@ def test_sigkill_at_random_points_never_loses_or_corrupts_a_record(token: Token,
                                  "--seconds", "60", "--keys", "ec,rsa"],
                                 env=dict(run.env, **signer_env(run)), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.05, 1.2))  # sometimes during start-up, mostly mid-signing
+        if k % 3 == 0:
+            time.sleep(rng.uniform(0.0, 0.5))  # during start-up, or whatever it reached
+        else:
+            # Mid-signing, whatever the machine's load: once this run has returned a signature.
+            _wait_for_growth(sigs, size_before=sigs.stat().st_size if sigs.exists() else 0, proc=proc)
+            time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL, f"kill run {k}: signer failed first: {err.decode()[-2000:]}"
