@@ -1,0 +1,1 @@
+"""The offline-KSK key ceremony (issue 17)."""

@@ -1,0 +1,335 @@
+"""The BIND 9.20 side of the offline-KSK ceremony: dnssec-ksr over a KSK on the card.
+
+The ceremony (offline, card in the reader) runs, in this order:
+
+1. :func:`ksk_from_card`: ``dnssec-keyfromlabel`` makes BIND key files that point at the KSK on
+   the card (a ``Label:`` line, no private key material).
+2. :func:`pregenerate_zsks`: ``dnssec-ksr keygen`` makes the ZSKs for the period, then
+   ``dnssec-ksr request`` writes the key signing request (KSR).
+3. :func:`sign_ksr`: ``dnssec-ksr sign`` signs the DNSKEY/CDNSKEY/CDS RRsets of every bundle with the
+   KSK on the card, through pkcs11-provider and the shim: the signed key response (SKR).
+4. :func:`export_ds`: ``dnssec-dsfromkey`` writes the DS records for the parent.
+
+The online signer (:func:`online_key_directory`, :func:`online_named_conf`, :func:`import_skr`)
+gets the ZSK files, the KSK's public ``.key`` file and the SKR; it never loads the provider, the
+shim or the card.
+
+ZSK randomness: the ZSKs come from OpenSSL's generator in the dnssec-ksr process (seeded by the
+host kernel), not from the card. docs/ceremony-bind.md says why pkcs11-provider's PKCS11-RAND is
+not used and what would be needed.
+
+Every tool runs through a :class:`Runner`: :class:`HostRunner` (the real tools on the host's
+PATH, as in production on a Debian 13 host) or any callable with the same shape (the tests run the
+tools in the Debian 13 root on a Debian 12 host). Environments are explicit: ``signing`` for the
+processes that reach the card, ``plain`` (no OPENSSL_CONF) for everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+POLICY = "sc4dnssec-offline-ksk"
+
+# BIND's mnemonic for each DNSSEC algorithm number the ceremony supports.
+ALGORITHMS: dict[int, str] = {8: "rsasha256", 13: "ecdsap256sha256", 14: "ecdsap384sha384"}
+
+
+class CeremonyToolError(RuntimeError):
+    """A BIND tool failed, or produced something the ceremony must not accept."""
+
+
+class Completed(Protocol):
+    @property
+    def returncode(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+class Runner(Protocol):
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Completed: ...
+
+
+class HostRunner:
+    """The tools on this host's PATH; the caller's environment minus OPENSSL_CONF, plus ``env``."""
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Completed:
+        base = {k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"}
+        return subprocess.run(
+            list(argv), env={**base, **env}, cwd=cwd, capture_output=True, text=True, timeout=3600, check=False
+        )
+
+
+@dataclass(frozen=True)
+class ToolEnv:
+    """How to run BIND's tools: the runner, and the environment of the processes that use the card
+    (OPENSSL_CONF naming the provider over the shim, SC4DNSSEC_* for the shim) and of those that
+    must not (dig, rndc and dnssec-verify abort or need nothing with the provider loaded)."""
+
+    signing: Mapping[str, str]
+    plain: Mapping[str, str] = field(default_factory=dict)
+    runner: Runner = field(default_factory=HostRunner)
+
+    def run(self, argv: Sequence[str | os.PathLike[str]], cwd: Path, signing: bool = False) -> Completed:
+        args = [os.fspath(a) for a in argv]
+        res = self.runner(args, self.signing if signing else self.plain, cwd)
+        if res.returncode != 0:
+            raise CeremonyToolError(
+                f"{' '.join(args)} exited {res.returncode}\n--- stdout ---\n{res.stdout[-3000:]}"
+                f"\n--- stderr ---\n{res.stderr[-3000:]}"
+            )
+        return res
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The period the ceremony signs for, and the signature timing of DPS 6.6: DNSKEY RRsets
+    re-signed every ``resign`` (10 days) with ``validity`` (15 days), ZSKs rolled every
+    ``zsk_lifetime`` (90 days).
+
+    BIND's ``signatures-refresh`` is how long before expiry a signature is replaced, so a new
+    bundle every ``resign`` is ``signatures-refresh = validity - resign``."""
+
+    start: datetime
+    end: datetime
+    resign: timedelta = timedelta(days=10)
+    validity: timedelta = timedelta(days=15)
+    zsk_lifetime: timedelta = timedelta(days=90)
+    dnskey_ttl: int = 3600
+    algorithm: int = 13
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("schedule times must be timezone-aware (UTC)")
+        if self.end <= self.start:
+            raise ValueError("schedule end must be after its start")
+        if not timedelta(0) < self.resign < self.validity:
+            raise ValueError("the re-sign interval must be positive and shorter than the signature validity")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm} is not one of {sorted(ALGORITHMS)}")
+
+    @classmethod
+    def days(cls, days: int, start: datetime | None = None, **kw: object) -> Schedule:
+        begin = (start or datetime.now(UTC)).replace(microsecond=0)
+        return cls(begin, begin + timedelta(days=days), **kw)  # type: ignore[arg-type]
+
+    @property
+    def refresh(self) -> timedelta:
+        return self.validity - self.resign
+
+    def bind_times(self) -> list[str]:
+        """``-i START -e END`` for dnssec-ksr (UTC, YYYYMMDDHHMMSS)."""
+        fmt = "%Y%m%d%H%M%S"
+        return ["-i", self.start.astimezone(UTC).strftime(fmt), "-e", self.end.astimezone(UTC).strftime(fmt)]
+
+
+def _duration(d: timedelta) -> str:
+    seconds = int(d.total_seconds())
+    if seconds % 86400 == 0:
+        return f"P{seconds // 86400}D"
+    return f"PT{seconds}S"
+
+
+def policy_conf(schedule: Schedule) -> str:
+    """The ``dnssec-policy`` both sides use: dnssec-ksr reads it offline (``-l``), named online."""
+    alg = ALGORITHMS[schedule.algorithm]
+    return f"""dnssec-policy "{POLICY}" {{
+    offline-ksk yes;
+    keys {{
+        ksk key-directory lifetime unlimited algorithm {alg};
+        zsk key-directory lifetime {_duration(schedule.zsk_lifetime)} algorithm {alg};
+    }};
+    dnskey-ttl {schedule.dnskey_ttl};
+    signatures-validity {_duration(schedule.validity)};
+    signatures-validity-dnskey {_duration(schedule.validity)};
+    signatures-refresh {_duration(schedule.refresh)};
+}};
+"""
+
+
+@dataclass(frozen=True)
+class KskRef:
+    """The KSK on the card: its PKCS#11 URI (with pin-source, never pin-value) and the key files
+    dnssec-keyfromlabel made for it (``<base>.key`` public, ``<base>.private`` a pointer to the card)."""
+
+    uri: str
+    base: Path
+
+    @property
+    def key_file(self) -> Path:
+        return self.base.with_name(self.base.name + ".key")
+
+    @property
+    def private_file(self) -> Path:
+        return self.base.with_name(self.base.name + ".private")
+
+    @property
+    def tag(self) -> int:
+        return int(_key_base(self.base.name).group("tag"))
+
+    @property
+    def algorithm(self) -> int:
+        return int(_key_base(self.base.name).group("alg"))
+
+    @property
+    def label(self) -> str | None:
+        m = re.search(r"(?:^|;)object=([^;?]+)", self.uri.removeprefix("pkcs11:"))
+        return m.group(1) if m else None
+
+
+_KEY_BASE = re.compile(r"^K(?P<zone>.+)\.\+(?P<alg>\d{3})\+(?P<tag>\d{5})$")
+
+
+def _key_base(name: str) -> re.Match[str]:
+    m = _KEY_BASE.match(name)
+    if m is None:
+        raise CeremonyToolError(f"not a BIND key file name: {name!r}")
+    return m
+
+
+def _dirs(workdir: Path) -> tuple[Path, Path]:
+    ksk, zsk = workdir / "ksk", workdir / "zsk"
+    ksk.mkdir(parents=True, exist_ok=True)
+    zsk.mkdir(parents=True, exist_ok=True)
+    return ksk, zsk
+
+
+def _write_policy(workdir: Path, schedule: Schedule) -> Path:
+    path = workdir / "dnssec-policy.conf"
+    path.write_text(policy_conf(schedule))
+    return path
+
+
+def ksk_from_card(zone: str, workdir: Path, uri: str, env: ToolEnv, algorithm: int = 13) -> KskRef:
+    """``dnssec-keyfromlabel -f KSK`` for the key URI names on the card, into ``workdir/ksk``.
+
+    The URI must carry the PIN as ``pin-source=``: a ``pin-value=`` PIN would be copied in clear
+    into the ``.private`` file."""
+    if "pin-value=" in uri:
+        raise ValueError("the KSK URI carries pin-value=; use pin-source=FILE (BIND copies the URI into .private)")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm {algorithm} is not one of {sorted(ALGORITHMS)}")
+    kdir, _ = _dirs(workdir)
+    res = env.run(
+        ["dnssec-keyfromlabel", "-K", kdir, "-l", uri, "-a", ALGORITHMS[algorithm].upper(), "-f", "KSK", zone],
+        workdir,
+        signing=True,
+    )
+    lines = res.stdout.strip().splitlines()
+    if not lines:
+        raise CeremonyToolError(f"dnssec-keyfromlabel printed no key name:\n{res.stderr}")
+    ref = KskRef(uri, kdir / _key_base(lines[-1].strip()).group(0))
+    private = ref.private_file.read_text()
+    if "Label:" not in private or "PrivateKey:" in private:
+        raise CeremonyToolError(f"{ref.private_file} does not point at a key on the card")
+    return ref
+
+
+def ksr_path(zone: str, workdir: Path) -> Path:
+    return workdir / f"{zone}.ksr"
+
+
+def pregenerate_zsks(zone: str, workdir: Path, ksk: KskRef, schedule: Schedule, env: ToolEnv) -> list[Path]:
+    """``dnssec-ksr keygen`` then ``request`` for the schedule's period.
+
+    Needs no card: runs with ``env.plain``, so the provider and the card are not loaded. Returns
+    the ZSK files (``.key``, ``.private``, ``.state`` of each key, in ``workdir/zsk``) and, last,
+    the KSR. ``ksk`` is checked against the schedule's algorithm (the KSR must match the KSK)."""
+    if ksk.algorithm != schedule.algorithm:
+        raise ValueError(f"the KSK is algorithm {ksk.algorithm}, the schedule says {schedule.algorithm}")
+    _, zdir = _dirs(workdir)
+    policy = _write_policy(workdir, schedule)
+    common: list[str | os.PathLike[str]] = [
+        "dnssec-ksr", "-l", policy, "-k", POLICY, *schedule.bind_times(), "-K", zdir,
+    ]
+    env.run([*common, "keygen", zone], workdir)
+    res = env.run([*common, "request", zone], workdir)
+    if ";; KeySigningRequest" not in res.stdout:
+        raise CeremonyToolError(f"dnssec-ksr request wrote no KSR:\n{res.stdout[:2000]}\n{res.stderr}")
+    ksr = ksr_path(zone, workdir)
+    ksr.write_text(res.stdout)
+    zsks = sorted(p for p in zdir.iterdir() if p.name.startswith(f"K{zone}.+"))
+    if not any(p.suffix == ".private" for p in zsks):
+        raise CeremonyToolError(f"dnssec-ksr keygen made no ZSK in {zdir}")
+    return [*zsks, ksr]
+
+
+def sign_ksr(zone: str, workdir: Path, ksk: KskRef, ksr: Path, schedule: Schedule, env: ToolEnv) -> Path:
+    """``dnssec-ksr sign`` with the KSK on the card: the SKR, one bundle per re-sign interval."""
+    policy = _write_policy(workdir, schedule)
+    res = env.run(
+        [
+            "dnssec-ksr", "-l", policy, "-k", POLICY, *schedule.bind_times(),
+            "-K", ksk.base.parent, "-f", ksr, "sign", zone,
+        ],
+        workdir,
+        signing=True,
+    )
+    if ";; SignedKeyResponse" not in res.stdout:
+        raise CeremonyToolError(f"dnssec-ksr sign wrote no SKR:\n{res.stdout[:2000]}\n{res.stderr}")
+    skr = workdir / f"{zone}.skr"
+    skr.write_text(res.stdout)
+    return skr
+
+
+def skr_bundles(skr: Path) -> list[str]:
+    """The bundle times (YYYYMMDDHHMMSS) an SKR holds."""
+    return re.findall(r"^;; SignedKeyResponse 1\.0 (\d{14})", skr.read_text(), re.MULTILINE)
+
+
+def export_ds(zone: str, workdir: Path, ksk: KskRef, env: ToolEnv) -> Path:
+    """``dnssec-dsfromkey -a SHA-256`` over the KSK's public key file: the DS for the parent."""
+    res = env.run(["dnssec-dsfromkey", "-a", "SHA-256", ksk.key_file], workdir)
+    if " DS " not in res.stdout:
+        raise CeremonyToolError(f"dnssec-dsfromkey wrote no DS record:\n{res.stdout}\n{res.stderr}")
+    ds = workdir / f"{zone}.ds"
+    ds.write_text(res.stdout)
+    return ds
+
+
+# -- the online signer ------------------------------------------------------------------------
+
+
+def online_key_directory(zone: str, workdir: Path, ksk: KskRef, dest: Path) -> list[Path]:
+    """What the online named's key-directory gets: every ZSK file and the KSK's ``.key`` only (its
+    ``.private`` names the card, which the online signer must never open)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _, zdir = _dirs(workdir)
+    out = []
+    for src in [*sorted(zdir.iterdir()), ksk.key_file]:
+        if src.name.startswith(f"K{zone}.+"):
+            out.append(Path(shutil.copy2(src, dest / src.name)))
+    return out
+
+
+def online_named_conf(zone: str, zone_file: Path, key_dir: Path, schedule: Schedule) -> str:
+    """The named.conf part for the online signer: the same dnssec-policy (offline-ksk yes) and the
+    zone signed inline with the pre-generated ZSKs. No key-store, no pkcs11-uri: no card."""
+    return (
+        policy_conf(schedule)
+        + f"""zone "{zone}" {{
+    type primary;
+    file "{zone_file}";
+    dnssec-policy "{POLICY}";
+    inline-signing yes;
+    key-directory "{key_dir}";
+}};
+"""
+    )
+
+
+def import_skr(zone: str, skr: Path, rndc: Sequence[str], env: ToolEnv, cwd: Path) -> Completed:
+    """``rndc skr -import SKR ZONE``; ``rndc`` is the rndc command with its server/port/key options.
+    Runs with ``env.plain``: rndc aborts with an early-loading provider."""
+    return env.run([*rndc, "skr", "-import", skr, zone], cwd)

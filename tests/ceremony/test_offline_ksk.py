@@ -1,0 +1,156 @@
+"""The BIND side of the offline-KSK ceremony (issue 17), end to end on real parts.
+
+Offline: the KSK on a virtual SmartCard-HSM (pcscd + vpcd + OpenSC's sc-hsm driver) through the
+shim and pkcs11-provider; dnssec-ksr pre-generates 30 days of ZSKs (in software, without the card), the card
+signs the KSR into an SKR, dnssec-dsfromkey exports the DS. Online: a named 9.20 that has never
+seen the provider, the shim or the card imports the SKR and serves the zone; dig, dnssec-verify
+and the DS check what it serves. The card side's audit log verifies and holds the calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from sc4testkit.tokens import VIRTUAL_SCHSM
+from sc4testkit.trixie import Result, Shim, Trixie
+from shim.ceremony import bind
+from tests.bind.conftest import Signer, VirtualCard, _make_piv, record_time
+from tests.bind.zones import Named, answer_rrsig_tags, dig, free_port, write_zone
+
+pytestmark = pytest.mark.bind
+
+ZONE = "example.test"
+PERIOD_DAYS = 30
+
+
+def _runner(trixie: Trixie) -> bind.Runner:
+    def run(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Result:
+        return trixie.run(argv, env=env, cwd=cwd, check=False, timeout=900)
+
+    return run
+
+
+def _card_records(signer: Signer) -> list[dict[str, object]]:
+    return [r for r in signer.audit() if r.get("kind", "call") == "call"]
+
+
+def _rrsigs_by_tag(text: str, covered: str) -> Counter[int]:
+    tags: Counter[int] = Counter()
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) > 10 and f[3] == "RRSIG" and f[4] == covered:
+            tags[int(f[10])] += 1
+    return tags
+
+
+def _ds_lines(text: str) -> set[str]:
+    return {" ".join(line.split()[3:]) for line in text.splitlines() if " DS " in line}
+
+
+@pytest.fixture
+def card_signer(trixie: Trixie, shim: Shim, schsm_card: VirtualCard, tmp_path: Path) -> Signer:
+    return _make_piv("schsm", trixie, tmp_path.resolve(), shim, schsm_card, VIRTUAL_SCHSM)
+
+
+def test_offline_ksk_ceremony_then_online_named_serves_the_skr(card_signer: Signer, trixie: Trixie, shim: Shim) -> None:
+    start = time.monotonic()
+    signer = card_signer
+    work = signer.work / "ceremony"
+    work.mkdir()
+    env = bind.ToolEnv(signing=signer.sign_env, runner=_runner(trixie))
+    schedule = bind.Schedule.days(PERIOD_DAYS)
+
+    # -- offline: the ceremony's BIND steps, the card in the reader -----------------------
+    ksk = bind.ksk_from_card(ZONE, work, signer.uri("ec"), env)
+    assert "Label:" in ksk.private_file.read_text() and "PIN" not in ksk.private_file.read_text().upper()
+    before_keygen = len(_card_records(signer))
+    files = bind.pregenerate_zsks(ZONE, work, ksk, schedule, env)
+    ksr = files[-1]
+    zsk_private = [p for p in files if p.suffix == ".private"]
+    assert zsk_private and all("PrivateKey:" in p.read_text() for p in zsk_private)
+    zsk_tags = {bind.KskRef("", p.with_suffix("")).tag for p in zsk_private}
+    # keygen and request need no card: they never load the provider
+    assert len(_card_records(signer)) == before_keygen
+
+    before_sign = len(_card_records(signer))
+    skr = bind.sign_ksr(ZONE, work, ksk, ksr, schedule, env)
+    bundles = bind.skr_bundles(skr)
+    assert len(bundles) >= PERIOD_DAYS // 10, bundles
+    ksk_sigs = sum(_rrsigs_by_tag(skr.read_text(), rtype)[ksk.tag] for rtype in ("DNSKEY", "CDNSKEY", "CDS"))
+    assert ksk_sigs >= len(bundles), skr.read_text()[:3000]
+    sign_calls = _card_records(signer)[before_sign:]
+    card_signs = [r for r in sign_calls if r.get("src") == "card" and r.get("fn") in ("C_Sign", "C_SignFinal")]
+    assert len(card_signs) >= ksk_sigs, Counter(str(r.get("fn")) for r in sign_calls)
+
+    ds = bind.export_ds(ZONE, work, ksk, env)
+    verdict = signer.audit_verify()
+    assert verdict.returncode == 0, verdict.explain()
+    record_time("offline_ksk[schsm]", "ceremony BIND steps (keyfromlabel..DS)", time.monotonic() - start)
+
+    # -- online: named with the ZSKs, the KSK's public key and the SKR; no card --------------
+    assert signer.audit_log is not None
+    audit_size = signer.audit_log.stat().st_size
+    online = signer.work / "online"
+    keys = online / "keys"
+    staged = bind.online_key_directory(ZONE, work, ksk, keys)
+    assert ksk.key_file.name in {p.name for p in staged}
+    assert not (keys / ksk.private_file.name).exists()
+    write_zone(online / "zone.db", ZONE, 20)
+    trixie.run(["rndc-confgen", "-a", "-c", online / "rndc.key", "-k", "rndc-key"])
+    port, cport = free_port(), free_port()
+    conf = online / "named.conf"
+    conf.write_text(
+        f"""include "{online}/rndc.key";
+options {{
+    directory "{online}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    pid-file "{online}/named.pid";
+    recursion no;
+    notify no;
+    dnssec-validation no;
+    allow-transfer {{ 127.0.0.1; }};
+}};
+controls {{ inet 127.0.0.1 port {cport} allow {{ 127.0.0.1; }} keys {{ "rndc-key"; }}; }};
+{bind.online_named_conf(ZONE, online / "zone.db", keys, schedule)}"""
+    )
+    for text in [conf.read_text(), *(p.read_text() for p in staged)]:
+        assert "pkcs11" not in text and shim.module not in text
+    rndc = ["rndc", "-k", str(online / "rndc.key"), "-s", "127.0.0.1", "-p", str(cport)]
+    with Named(trixie, conf, {}, online / "named.log") as named:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if trixie.run([*rndc, "status"], check=False).returncode == 0:
+                break
+            time.sleep(0.3)
+        bind.import_skr(ZONE, skr, rndc, env, online)
+        out, waited = named.wait_for(port, ZONE, "DNSKEY", "DNSKEY")
+        record_time("offline_ksk[schsm]", "online named: SKR import to signed DNSKEY", waited)
+        assert ksk.tag in answer_rrsig_tags(out, "DNSKEY"), f"{out}\n{named.log_text()}"
+        a = dig(trixie, port, f"host7.{ZONE}", "A")
+        assert set(answer_rrsig_tags(a, "A")) <= zsk_tags and answer_rrsig_tags(a, "A"), a
+        served_keys = online / "served.dnskey"
+        served_keys.write_text(
+            trixie.run(["dig", "+noall", "+answer", "-p", str(port), "@127.0.0.1", ZONE, "DNSKEY"]).stdout
+        )
+        served_ds = trixie.run(["dnssec-dsfromkey", "-a", "SHA-256", "-f", served_keys, ZONE]).stdout
+        assert _ds_lines(ds.read_text()) and _ds_lines(ds.read_text()) <= _ds_lines(served_ds), (
+            f"exported DS does not match the served KSK:\n{ds.read_text()}\n{served_ds}"
+        )
+        axfr = online / "served.zone"
+        axfr.write_text(trixie.run(["dig", "+noall", "+answer", "-p", str(port), "@127.0.0.1", ZONE, "AXFR"]).stdout)
+        maps = Path(f"/proc/{named.proc.pid}/maps").read_text()
+        rc = named.stop()
+    assert rc == 0, f"named exited {rc} on SIGTERM:\n{named.log_text()}"
+    res = trixie.run(["dnssec-verify", "-o", ZONE, axfr], check=False)
+    assert res.returncode == 0 and "Zone fully signed" in res.stdout + res.stderr, res.explain()
+
+    # the online named never loaded the provider, the shim or the card's module
+    assert "pkcs11" not in maps and Path(shim.module).name not in maps and "opensc" not in maps, maps
+    assert signer.audit_log.stat().st_size == audit_size, "the online side wrote to the card's audit log"
+    record_time("offline_ksk[schsm]", "whole test", time.monotonic() - start)
