@@ -14,9 +14,15 @@ The online signer (:func:`online_key_directory`, :func:`online_named_conf`, :fun
 gets the ZSK files, the KSK's public ``.key`` file and the SKR; it never loads the provider, the
 shim or the card.
 
-ZSK randomness: the ZSKs come from OpenSSL's generator in the dnssec-ksr process (seeded by the
-host kernel), not from the card. docs/ceremony-bind.md says why pkcs11-provider's PKCS11-RAND is
-not used and what would be needed.
+ZSK randomness (:func:`seed_kernel_from_card`): before ``dnssec-ksr keygen``, ``pkcs11-tool
+--generate-random`` draws bytes through the shim (the card's RNG XOR the host's, shim/soft/random.py;
+the audit log records the call with ``card_rng``) straight into ``/dev/random``, and the kernel's
+generator is reseeded (``RNDRESEEDCRNG``) so that what it hands out next depends on those bytes.
+dnssec-ksr's OpenSSL seeds from the kernel, so the ZSKs are made by a generator whose seed includes
+the card's contribution. This does not make the ZSKs a function of the card's bytes alone, and no
+one can check afterwards that it happened except through the audit record and the reseed result.
+pkcs11-provider's PKCS11-RAND (an OpenSSL ``[random]`` section) would draw every byte from the
+card, but BIND aborts at start with it: docs/ceremony-bind.md says why.
 
 Every tool runs through a :class:`Runner`: :class:`HostRunner` (the real tools on the host's
 PATH, as in production on a Debian 13 host) or any callable with the same shape (the tests run the
@@ -26,6 +32,7 @@ processes that reach the card, ``plain`` (no OPENSSL_CONF) for everything else.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -35,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote
 
 POLICY = "sc4dnssec-offline-ksk"
 
@@ -80,10 +88,18 @@ class ToolEnv:
     signing: Mapping[str, str]
     plain: Mapping[str, str] = field(default_factory=dict)
     runner: Runner = field(default_factory=HostRunner)
+    module: str | None = None  # the shim's PKCS#11 module, for pkcs11-tool (seed_kernel_from_card)
 
-    def run(self, argv: Sequence[str | os.PathLike[str]], cwd: Path, signing: bool = False) -> Completed:
+    @property
+    def card(self) -> dict[str, str]:
+        """The signing environment without OPENSSL_CONF: for tools that load the module themselves."""
+        return {k: v for k, v in self.signing.items() if k != "OPENSSL_CONF"}
+
+    def run(
+        self, argv: Sequence[str | os.PathLike[str]], cwd: Path, signing: bool = False, card: bool = False
+    ) -> Completed:
         args = [os.fspath(a) for a in argv]
-        res = self.runner(args, self.signing if signing else self.plain, cwd)
+        res = self.runner(args, self.card if card else self.signing if signing else self.plain, cwd)
         if res.returncode != 0:
             raise CeremonyToolError(
                 f"{' '.join(args)} exited {res.returncode}\n--- stdout ---\n{res.stdout[-3000:]}"
@@ -129,9 +145,13 @@ class Schedule:
         return self.validity - self.resign
 
     def bind_times(self) -> list[str]:
-        """``-i START -e END`` for dnssec-ksr (UTC, YYYYMMDDHHMMSS)."""
-        fmt = "%Y%m%d%H%M%S"
-        return ["-i", self.start.astimezone(UTC).strftime(fmt), "-e", self.end.astimezone(UTC).strftime(fmt)]
+        """``-i START -e END`` for dnssec-ksr."""
+        return ["-i", _bind_time(self.start), "-e", _bind_time(self.end)]
+
+
+def _bind_time(t: datetime) -> str:
+    """BIND's absolute time: UTC, YYYYMMDDHHMMSS."""
+    return t.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
 def _duration(d: timedelta) -> str:
@@ -184,8 +204,15 @@ class KskRef:
 
     @property
     def label(self) -> str | None:
-        m = re.search(r"(?:^|;)object=([^;?]+)", self.uri.removeprefix("pkcs11:"))
-        return m.group(1) if m else None
+        return self._uri_attr("object")
+
+    @property
+    def token(self) -> str | None:
+        return self._uri_attr("token")
+
+    def _uri_attr(self, name: str) -> str | None:
+        m = re.search(rf"(?:^|;){name}=([^;?]+)", self.uri.removeprefix("pkcs11:"))
+        return unquote(m.group(1)) if m else None
 
 
 _KEY_BASE = re.compile(r"^K(?P<zone>.+)\.\+(?P<alg>\d{3})\+(?P<tag>\d{5})$")
@@ -211,8 +238,14 @@ def _write_policy(workdir: Path, schedule: Schedule) -> Path:
     return path
 
 
-def ksk_from_card(zone: str, workdir: Path, uri: str, env: ToolEnv, algorithm: int = 13) -> KskRef:
+def ksk_from_card(
+    zone: str, workdir: Path, uri: str, env: ToolEnv, algorithm: int = 13, since: datetime | None = None
+) -> KskRef:
     """``dnssec-keyfromlabel -f KSK`` for the key URI names on the card, into ``workdir/ksk``.
+
+    ``since`` (give the schedule's start) is when the KSK is published and active: without it the
+    key file says "from now", and a schedule that starts earlier gets a first SKR bundle without
+    the KSK (which :func:`sign_ksr` refuses).
 
     The URI must carry the PIN as ``pin-source=``: a ``pin-value=`` PIN would be copied in clear
     into the ``.private`` file."""
@@ -221,8 +254,10 @@ def ksk_from_card(zone: str, workdir: Path, uri: str, env: ToolEnv, algorithm: i
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {algorithm} is not one of {sorted(ALGORITHMS)}")
     kdir, _ = _dirs(workdir)
+    timing = [] if since is None else ["-P", _bind_time(since), "-A", _bind_time(since)]
     res = env.run(
-        ["dnssec-keyfromlabel", "-K", kdir, "-l", uri, "-a", ALGORITHMS[algorithm].upper(), "-f", "KSK", zone],
+        ["dnssec-keyfromlabel", "-K", kdir, "-l", uri, "-a", ALGORITHMS[algorithm].upper(), "-f", "KSK",
+         *timing, zone],
         workdir,
         signing=True,
     )
@@ -234,6 +269,47 @@ def ksk_from_card(zone: str, workdir: Path, uri: str, env: ToolEnv, algorithm: i
     if "Label:" not in private or "PrivateKey:" in private:
         raise CeremonyToolError(f"{ref.private_file} does not point at a key on the card")
     return ref
+
+
+# <linux/random.h>: _IO('R', 0x07); needs CAP_SYS_ADMIN
+RNDRESEEDCRNG = 0x5207
+CARD_RNG_BYTES = 256
+
+
+@dataclass(frozen=True)
+class KernelSeed:
+    """What :func:`seed_kernel_from_card` did: bytes drawn through the shim into /dev/random, and
+    whether the kernel reseeded from them at once (else at its next scheduled reseed)."""
+
+    nbytes: int
+    reseeded: bool
+    reason: str = ""
+
+
+def seed_kernel_from_card(workdir: Path, ksk: KskRef, env: ToolEnv, nbytes: int = CARD_RNG_BYTES) -> KernelSeed:
+    """Mix ``nbytes`` from the card's RNG (through the shim) into the kernel's pool, then reseed
+    the kernel's generator, so that the ZSKs dnssec-ksr makes next are seeded with them.
+
+    The bytes go from pkcs11-tool straight to /dev/random and are never written to a file."""
+    if env.module is None:
+        raise ValueError("ToolEnv.module (the shim's PKCS#11 module) is needed to draw from the card")
+    token = ksk.token
+    select = ["--token-label", token] if token else []
+    env.run(
+        ["pkcs11-tool", "--module", env.module, *select, "--generate-random", str(nbytes),
+         "--output-file", "/dev/random"],
+        workdir,
+        card=True,
+    )
+    try:
+        fd = os.open("/dev/random", os.O_WRONLY)
+        try:
+            fcntl.ioctl(fd, RNDRESEEDCRNG)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return KernelSeed(nbytes, False, f"RNDRESEEDCRNG: {e.strerror}; the kernel reseeds on its own schedule")
+    return KernelSeed(nbytes, True)
 
 
 def ksr_path(zone: str, workdir: Path) -> Path:
@@ -276,16 +352,42 @@ def sign_ksr(zone: str, workdir: Path, ksk: KskRef, ksr: Path, schedule: Schedul
         workdir,
         signing=True,
     )
-    if ";; SignedKeyResponse" not in res.stdout:
+    bundles = _split_bundles(res.stdout)
+    if not bundles:
         raise CeremonyToolError(f"dnssec-ksr sign wrote no SKR:\n{res.stdout[:2000]}\n{res.stderr}")
+    unsigned = [when for when, body in bundles if ksk.tag not in _rrsig_tags(body, "DNSKEY")]
+    if unsigned:
+        raise CeremonyToolError(
+            f"SKR bundles {unsigned} carry no DNSKEY signature by KSK {ksk.tag}: is the KSK published "
+            "and active from the schedule's start (ksk_from_card since=)?"
+        )
     skr = workdir / f"{zone}.skr"
     skr.write_text(res.stdout)
     return skr
 
 
+_BUNDLE = re.compile(r"^;; SignedKeyResponse 1\.0 (\d{14})", re.MULTILINE)
+
+
+def _split_bundles(text: str) -> list[tuple[str, str]]:
+    """(time, records) for each bundle of an SKR."""
+    marks = list(_BUNDLE.finditer(text))
+    return [(m.group(1), text[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)])
+            for i, m in enumerate(marks)]
+
+
+def _rrsig_tags(text: str, covered: str) -> set[int]:
+    tags = set()
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) > 10 and f[3] == "RRSIG" and f[4] == covered:
+            tags.add(int(f[10]))
+    return tags
+
+
 def skr_bundles(skr: Path) -> list[str]:
     """The bundle times (YYYYMMDDHHMMSS) an SKR holds."""
-    return re.findall(r"^;; SignedKeyResponse 1\.0 (\d{14})", skr.read_text(), re.MULTILINE)
+    return [when for when, _ in _split_bundles(skr.read_text())]
 
 
 def export_ds(zone: str, workdir: Path, ksk: KskRef, env: ToolEnv) -> Path:

@@ -1,10 +1,11 @@
 """The BIND side of the offline-KSK ceremony (issue 17), end to end on real parts.
 
 Offline: the KSK on a virtual SmartCard-HSM (pcscd + vpcd + OpenSC's sc-hsm driver) through the
-shim and pkcs11-provider; dnssec-ksr pre-generates 30 days of ZSKs (in software, without the card), the card
-signs the KSR into an SKR, dnssec-dsfromkey exports the DS. Online: a named 9.20 that has never
-seen the provider, the shim or the card imports the SKR and serves the zone; dig, dnssec-verify
-and the DS check what it serves. The card side's audit log verifies and holds the calls.
+shim and pkcs11-provider; the card's RNG is mixed into the kernel's pool, dnssec-ksr pre-generates
+30 days of ZSKs, the card signs the KSR into an SKR, dnssec-dsfromkey exports the DS. Online: a
+named 9.20 that has never seen the provider, the shim or the card imports the SKR and serves the
+zone; dig, dnssec-verify and the DS check what it serves. The card side's audit log verifies and
+holds the calls.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -62,12 +64,24 @@ def test_offline_ksk_ceremony_then_online_named_serves_the_skr(card_signer: Sign
     signer = card_signer
     work = signer.work / "ceremony"
     work.mkdir()
-    env = bind.ToolEnv(signing=signer.sign_env, runner=_runner(trixie))
+    env = bind.ToolEnv(signing=signer.sign_env, runner=_runner(trixie), module=shim.module)
     schedule = bind.Schedule.days(PERIOD_DAYS)
+    resign = schedule.resign.total_seconds()
 
     # -- offline: the ceremony's BIND steps, the card in the reader -----------------------
-    ksk = bind.ksk_from_card(ZONE, work, signer.uri("ec"), env)
+    ksk = bind.ksk_from_card(ZONE, work, signer.uri("ec"), env, since=schedule.start)
     assert "Label:" in ksk.private_file.read_text() and "PIN" not in ksk.private_file.read_text().upper()
+    before_rng = len(_card_records(signer))
+    seed = bind.seed_kernel_from_card(work, ksk, env)
+    assert seed.reseeded, seed.reason  # the tests run as root: RNDRESEEDCRNG is allowed
+    drawn = [
+        r
+        for r in _card_records(signer)[before_rng:]
+        if r.get("fn") == "C_GenerateRandom" and r.get("rv") == "CKR_OK" and isinstance(r.get("args"), dict)
+    ]
+    assert [(r["args"]["randomLen"], r["args"]["card_rng"]) for r in drawn if r["args"]["randomLen"] != 8] == [  # type: ignore[index]
+        (bind.CARD_RNG_BYTES, True)
+    ], drawn
     before_keygen = len(_card_records(signer))
     files = bind.pregenerate_zsks(ZONE, work, ksk, schedule, env)
     ksr = files[-1]
@@ -79,8 +93,11 @@ def test_offline_ksk_ceremony_then_online_named_serves_the_skr(card_signer: Sign
 
     before_sign = len(_card_records(signer))
     skr = bind.sign_ksr(ZONE, work, ksk, ksr, schedule, env)
-    bundles = bind.skr_bundles(skr)
-    assert len(bundles) >= PERIOD_DAYS // 10, bundles
+    bundles = [datetime.strptime(b, "%Y%m%d%H%M%S").replace(tzinfo=UTC) for b in bind.skr_bundles(skr)]
+    # a bundle at the start, then one per re-sign interval (DPS 6.6: every 10 days)
+    assert bundles[0] == schedule.start, (bundles, schedule)
+    gaps = [(b - a).total_seconds() for a, b in zip(bundles, bundles[1:], strict=False)]
+    assert gaps and all(0 < g <= resign for g in gaps) and gaps.count(resign) >= PERIOD_DAYS // 10 - 1, bundles
     ksk_sigs = sum(_rrsigs_by_tag(skr.read_text(), rtype)[ksk.tag] for rtype in ("DNSKEY", "CDNSKEY", "CDS"))
     assert ksk_sigs >= len(bundles), skr.read_text()[:3000]
     sign_calls = _card_records(signer)[before_sign:]
