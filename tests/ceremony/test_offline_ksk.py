@@ -21,10 +21,17 @@ import pytest
 from sc4testkit.tokens import VIRTUAL_SCHSM
 from sc4testkit.trixie import Result, Shim, Trixie
 from shim.ceremony import bind
+from tests.bind import conftest as bind_fixtures
 from tests.bind.conftest import Signer, VirtualCard, _make_piv, record_time
 from tests.bind.zones import Named, answer_rrsig_tags, dig, free_port, write_zone
 
 pytestmark = pytest.mark.bind
+
+# tests/bind's session fixtures (the Debian 13 root, the shim built in it, the virtual SmartCard-HSM),
+# here without a conftest so that the ceremony's own tests can add theirs beside this file.
+trixie = bind_fixtures.trixie
+shim = bind_fixtures.shim
+schsm_card = bind_fixtures.schsm_card
 
 ZONE = "example.test"
 PERIOD_DAYS = 30
