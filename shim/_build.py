@@ -129,11 +129,13 @@ def core_cdef() -> str:
 CK_FUNCTION_LIST *sc4_core_functions(void);
 const char *sc4_core_path(void);
 const char *sc4_site_dir(int i);
+int sc4_discovery_read(struct sc4_discovery *out);
 extern unsigned long sc4_fork_generation;
 long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);
 CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen, int *deepbind);
 """
-    return (C_DIR / "cryptoki.h").read_text() + function_list_struct() + callbacks + helpers
+    return ((C_DIR / "cryptoki.h").read_text() + function_list_struct() + (C_DIR / "discovery.h").read_text()
+            + callbacks + helpers)
 
 
 def core_ffi() -> FFI:

@@ -15,9 +15,11 @@ from typing import Any
 
 from shim import cabi
 from shim import config as config_mod
+from shim.audit.schema import DISCOVERY
 from shim.audit.writer import AuditWriter
 from shim.backend import Backend
 from shim.constants import CKR
+from shim.discovery import Noter
 from shim.errors import PKCS11Error
 from shim.handlers.info import VERSION
 from shim.layers.audit import Audit, Entry
@@ -57,11 +59,16 @@ class Shim:
         self.fixups = Fixups(self.completion.table(), slot_of=self.completion.state.sessions.slot_of)
         self.guard = Guard(self.fixups.table(), allow=cfg.allow_functions, load_backend=self.load_backend,
                            on_fork=(self.audit.after_fork, self.completion.reset))
-        self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed")
+        discovery = Noter()
+        self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed",
+                             discovery=discovery)
         self.entries: dict[str, Entry] = self.auditor.entries()
 
-        self.auditor.record("load", args={"version": "{}.{}".format(*VERSION), "python": sys.version.split()[0],
-                                          "module": _module_path(cabi.lib)})
+        load: dict[str, Any] = {"version": "{}.{}".format(*VERSION), "python": sys.version.split()[0],
+                                "module": _module_path(cabi.lib)}
+        if (found := discovery.initial()) is not None:
+            load[DISCOVERY] = found
+        self.auditor.record("load", args=load)
         allow = cfg.allow_functions
         self.auditor.record("config", args={"source": cfg.source, "backend": cfg.backend,
                                             "audit": cfg.audit_path, "fsync": cfg.audit_fsync,

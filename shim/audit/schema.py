@@ -59,6 +59,13 @@ TS_RE: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 
 REDACTED: Final = "<redacted>"
 
+#: The ``args`` member of a ``load`` record (and of a later ``C_Initialize`` or ``C_Finalize``
+#: ``call`` record) that counts the discovery calls the C loader answered without Python
+#: (shim/discovery.py; docs/audit-format.md section 4.4).  ``args`` are free form in every
+#: version, so this member is no new field and needs no new format version: a verifier of any
+#: version checks these records as before.
+DISCOVERY: Final = "discovery"
+
 
 def line_hash(line: bytes) -> str:
     """Chain value of one line: hex SHA-256 of its bytes, newline excluded."""

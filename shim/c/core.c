@@ -1,4 +1,4 @@
-/* The core's own C_GetFunctionList and where the core lives. */
+/* The core's own C_GetFunctionList, where the core lives, and the loader's discovery counts. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include "core.h"
@@ -33,4 +33,25 @@ const char *sc4_site_dir(int i)
     if (i < 0 || (size_t)i >= sizeof sc4_site_dirs / sizeof sc4_site_dirs[0])
         return NULL;
     return sc4_site_dirs[i];
+}
+
+/* The loader's counters (stub.c), handed over before the interpreter starts; NULL when the core
+ * was loaded without the loader. */
+static const struct sc4_discovery *discovery;
+
+void sc4_core_set_discovery(const struct sc4_discovery *counts)
+{
+    discovery = counts;
+}
+
+/* A copy of the counters; 0 when there is no loader. */
+int sc4_discovery_read(struct sc4_discovery *out)
+{
+    if (!discovery)
+        return 0;
+    const unsigned long *from = (const unsigned long *)discovery;
+    unsigned long *to = (unsigned long *)out;
+    for (size_t i = 0; i < sizeof *out / sizeof(unsigned long); i++)
+        to[i] = __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+    return 1;
 }

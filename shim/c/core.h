@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include "cryptoki.h"
 #include "sc4_function_list.h"
+#include "discovery.h"
 
 /* Generated: the core's function list, one sc4py_* callback per slot. */
 extern CK_FUNCTION_LIST sc4_core_list;
@@ -16,6 +17,8 @@ CK_RV sc4_core_get_function_list(CK_FUNCTION_LIST_PTR_PTR pp);
 CK_FUNCTION_LIST *sc4_core_functions(void);
 const char *sc4_core_path(void);
 const char *sc4_site_dir(int i);
+void sc4_core_set_discovery(const struct sc4_discovery *counts);
+int sc4_discovery_read(struct sc4_discovery *out);
 
 /* interpreter.c */
 extern unsigned long sc4_fork_generation;

@@ -11,7 +11,8 @@
  *    stderr/syslog, never an abort of the host;
  *  - a failed Python start makes cffi return 0 (= CKR_OK) from every entry;
  *    the stub turns it into CKR_GENERAL_ERROR as well;
- *  - C_GetFunctionList / C_GetInterface* answer without starting Python.
+ *  - C_GetFunctionList / C_GetInterface* answer without starting Python; the
+ *    calls are counted (discovery.h) and the core records the counts.
  * Every C_* entry point is exported (BIND 9.16 dlsyms each name); the
  * forwarding entries are generated (sc4_stub_entries.c). */
 #define _GNU_SOURCE
@@ -22,6 +23,21 @@
 #include <syslog.h>
 #include "stub.h"
 #include "sc4_ckr.h"
+#include "discovery.h"
+
+#define SC4_DISCOVERY_VERSIONS 4
+
+/* Written with relaxed atomics from any thread, before and after the core is loaded; the core
+ * reads them through the pointer it is handed at load. */
+static struct sc4_discovery discovery;
+
+static CK_RV counted(unsigned long *counter, CK_RV rv)
+{
+    __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+    if (rv != SC4_CKR_OK)
+        __atomic_fetch_add(&discovery.refused, 1, __ATOMIC_RELAXED);
+    return rv;
+}
 
 /* The core's list once loaded and booted; read without the lock on the hot
  * path.  load_lock covers the one attempt to load, and is held across fork()
@@ -78,6 +94,7 @@ static void load_core(void)
     int (*start)(char *, size_t);
     int (*boot)(void);
     CK_FUNCTION_LIST *(*functions)(void);
+    void (*set_discovery)(const struct sc4_discovery *);
 
     if (!dladdr((void *)&load_core, &self) || !self.dli_fname) {
         report("cannot locate the module's own path", dlerror());
@@ -106,11 +123,14 @@ static void load_core(void)
     core_fork_prepare = (void (*)(void))dlsym(handle, "sc4_fork_prepare");
     core_fork_parent = (void (*)(void))dlsym(handle, "sc4_fork_parent");
     core_fork_child = (void (*)(void))dlsym(handle, "sc4_fork_child");
-    if (!start || !boot || !functions || !core_fork_prepare || !core_fork_parent || !core_fork_child) {
+    set_discovery = (void (*)(const struct sc4_discovery *))dlsym(handle, "sc4_core_set_discovery");
+    if (!start || !boot || !functions || !core_fork_prepare || !core_fork_parent || !core_fork_child
+        || !set_discovery) {
         core_fork_prepare = core_fork_parent = core_fork_child = NULL;
         report("the Python core lacks its entry points", path);
         return;
     }
+    set_discovery(&discovery);
     if (!start(err, sizeof err)) {
         report("the embedded Python failed to start", err);
         return;
@@ -137,7 +157,7 @@ CK_FUNCTION_LIST *sc4_stub_core(void)
     return list;
 }
 
-CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+static CK_RV get_function_list(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
 {
     if (!ppFunctionList)
         return SC4_CKR_ARGUMENTS_BAD;
@@ -145,11 +165,16 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
     return SC4_CKR_OK;
 }
 
+CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+{
+    return counted(&discovery.function_list, get_function_list(ppFunctionList));
+}
+
 /* PKCS#11 3.0 discovery, offering the v2.40 list: DNSSEC signers need
  * nothing from 3.0, and a 3.0 table would be 24 more functions to fake. */
 static CK_INTERFACE interface_v240 = {(CK_CHAR *)"PKCS 11", &sc4_stub_list, 0};
 
-CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
+static CK_RV get_interface_list(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
 {
     if (!pulCount)
         return SC4_CKR_ARGUMENTS_BAD;
@@ -166,8 +191,13 @@ CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount
     return SC4_CKR_OK;
 }
 
-CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
-                     CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount)
+{
+    return counted(&discovery.interface_list, get_interface_list(pInterfacesList, pulCount));
+}
+
+static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                           CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
 {
     if (!ppInterface)
         return SC4_CKR_ARGUMENTS_BAD;
@@ -179,4 +209,18 @@ CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
         return SC4_CKR_ARGUMENTS_BAD;
     *ppInterface = &interface_v240;
     return SC4_CKR_OK;
+}
+
+CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                     CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+{
+    int name = !pInterfaceName ? 0 : strcmp((const char *)pInterfaceName, "PKCS 11") == 0 ? 1 : 2;
+    int version = !pVersion                                      ? 0
+                  : pVersion->major == 2 && pVersion->minor == 40 ? 1
+                  : pVersion->major == 3                          ? 2
+                                                                  : 3;
+    if (flags)
+        __atomic_fetch_add(&discovery.flags, 1, __ATOMIC_RELAXED);
+    return counted(&discovery.interface[name * SC4_DISCOVERY_VERSIONS + version],
+                   get_interface(pInterfaceName, pVersion, ppInterface, flags));
 }

@@ -13,6 +13,9 @@ cannot be undone that way: before it goes below, an ``intent`` record with its
 input summary is written (write-ahead), and if that record cannot be written
 under fail-closed the call is refused before anything reaches the card.  Its
 ``call`` record follows as for every call.
+
+``C_Initialize`` and ``C_Finalize`` records also carry the loader's discovery counts when they
+changed since the last record that did (:mod:`shim.discovery`); no other call pays for it.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from shim import cabi
 from shim.audit.writer import AuditUnavailable, AuditWriter
 from shim.call import Call, Table
 from shim.constants import CKR, name_of
+from shim.discovery import NOTED_AT, Noter
 from shim.errors import PKCS11Error
 from shim.functions import BY_NAME
 from shim.report import report
 from shim.spec import STATE_CHANGING
-from shim.summary import compile_output_summariser, compile_summariser
+from shim.summary import Summariser, compile_output_summariser, compile_summariser
 
 _RV_NAMES: dict[int, str] = {int(v): name_of(CKR, v) for v in CKR}  # name_of builds an enum member per call
 _OPS = ("Sign", "SignRecover", "Verify", "VerifyRecover", "Digest", "Encrypt", "Decrypt")
@@ -39,10 +43,12 @@ Entry = Callable[..., int]
 
 
 class Audit:
-    def __init__(self, below: Table, writer: AuditWriter, *, fail_closed: bool) -> None:
+    def __init__(self, below: Table, writer: AuditWriter, *, fail_closed: bool,
+                 discovery: Noter | None = None) -> None:
         self.below = below
         self.writer = writer
         self._fail_closed = fail_closed
+        self._discovery = discovery
 
     def entries(self) -> dict[str, Entry]:
         """The C-facing entry point of every function: raw cffi arguments in, CK_RV out."""
@@ -89,6 +95,8 @@ class Audit:
     def _entry(self, name: str) -> Entry:
         spec = BY_NAME[name]
         summarise = compile_summariser(spec)
+        if name in NOTED_AT and self._discovery is not None:
+            summarise = _noting(summarise, self._discovery)
         summarise_outputs = compile_output_summariser(spec)
         ahead = name in STATE_CHANGING
         fn = self.below[name]
@@ -160,6 +168,14 @@ class Audit:
         else:
             args2 = (h, out, n)
         self.below[fn](Call(fn), *args2)
+
+
+def _noting(summarise: Summariser, discovery: Noter) -> Summariser:
+    def with_discovery(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        summarise(args, out)
+        discovery.note(out)
+
+    return with_discovery
 
 
 def _scrub(buf: Any, plen: Any) -> None:

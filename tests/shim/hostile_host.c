@@ -16,6 +16,11 @@
  *     C_GetFunctionList, C_GetInterfaceList, C_GetInterface only; prints
  *     "slots=68 null=0 interfaces=1 python_loaded=0": how many function-list
  *     slots there are, how many are NULL, and whether libpython is loaded.
+ *   hostile_host MODULE rediscover
+ *     after main's C_GetFunctionList: 2 more C_GetFunctionList, 1 C_GetInterfaceList,
+ *     C_GetInterface for (NULL, NULL), 2 x ("PKCS 11", 2.40), ("PKCS 11", 3.0) (refused) and
+ *     ("PKCS 11", NULL, CKF_INTERFACE_FORK_SAFE) (refused), then C_Initialize, one more
+ *     C_GetFunctionList, C_Finalize; prints "init=0x.. final=0x.. refused=2".
  * Exit status 0 when the host ran to the end (whatever the CKRs were). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -151,6 +156,39 @@ static int discover(void *h, const char *libpython)
     return 0;
 }
 
+static int rediscover(void *h)
+{
+    CK_RV (*get)(CK_FUNCTION_LIST_PTR_PTR) = (CK_RV (*)(CK_FUNCTION_LIST_PTR_PTR))dlsym(h, "C_GetFunctionList");
+    CK_RV (*list)(CK_INTERFACE_PTR, CK_ULONG_PTR) = (CK_RV (*)(CK_INTERFACE_PTR, CK_ULONG_PTR))dlsym(h, "C_GetInterfaceList");
+    CK_RV (*one)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS) =
+        (CK_RV (*)(CK_UTF8CHAR_PTR, CK_VERSION_PTR, CK_INTERFACE_PTR_PTR, CK_FLAGS))dlsym(h, "C_GetInterface");
+    CK_FUNCTION_LIST *again;
+    CK_INTERFACE ifaces[4];
+    CK_INTERFACE_PTR iface;
+    CK_ULONG count = 4;
+    CK_VERSION v240 = {2, 40}, v30 = {3, 0};
+    CK_UTF8CHAR name[] = "PKCS 11";
+    CK_RV init, final;
+    int refused = 0;
+
+    if (!list || !one || get(&again) != CKR_OK || get(&again) != CKR_OK || list(ifaces, &count) != CKR_OK
+        || one(NULL, NULL, &iface, 0) != CKR_OK || one(name, &v240, &iface, 0) != CKR_OK
+        || one(name, &v240, &iface, 0) != CKR_OK) {
+        fprintf(stderr, "FAIL discovery before C_Initialize\n");
+        return 2;
+    }
+    refused += one(name, &v30, &iface, 0) != CKR_OK;
+    refused += one(name, NULL, &iface, 1 /* CKF_INTERFACE_FORK_SAFE */) != CKR_OK;
+    init = initialize();
+    if (get(&again) != CKR_OK) {
+        fprintf(stderr, "FAIL C_GetFunctionList after C_Initialize\n");
+        return 2;
+    }
+    final = p11->C_Finalize(NULL);
+    printf("init=0x%lx final=0x%lx refused=%d\n", init, final, refused);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     void *h;
@@ -158,7 +196,7 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS | MODULE discover LIBPYTHON\n");
+        fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS | MODULE discover LIBPYTHON | MODULE rediscover\n");
         return 64;
     }
     h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -178,6 +216,8 @@ int main(int argc, char **argv)
         return forks(atoi(argv[3]));
     if (!strcmp(argv[2], "discover") && argc == 4)
         return discover(h, argv[3]);
-    fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS | MODULE discover LIBPYTHON\n");
+    if (!strcmp(argv[2], "rediscover"))
+        return rediscover(h);
+    fprintf(stderr, "usage: hostile_host MODULE start | MODULE fork FORKS | MODULE discover LIBPYTHON | MODULE rediscover\n");
     return 64;
 }

@@ -7,6 +7,7 @@ own, already started, interpreter.  The hostile environments come from issue 12 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -294,6 +295,33 @@ def test_discovery_answers_from_c_without_starting_python(shim_env, hostile_host
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "slots=68 null=0 interfaces=1 python_loaded=0", proc.stdout + proc.stderr
+
+
+def test_discovery_calls_are_recorded_once_per_process(shim_env, hostile_host):
+    """The calls the loader answers without Python still reach the log (issue 12 item 8c): the
+    ``load`` record counts the (3), C_GetInterfaceList (1) and C_GetInterface (5)
+    calls made before C_Initialize, by the interface name and version asked for, and the
+    C_Finalize record the one C_GetFunctionList made after the load."""
+    proc = subprocess.run([str(hostile_host), shim_env.module, "rediscover"], env=shim_env.env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "init=0x0 final=0x0 refused=2", proc.stdout + proc.stderr
+    records = [json.loads(line) for line in shim_env.audit_log.read_text().splitlines()]
+    (load,) = [r for r in records if r["kind"] == "load"]
+    assert load["args"]["discovery"] == {
+        "C_GetFunctionList": 3, "C_GetInterfaceList": 1, "C_GetInterface": 5,
+        "interfaces_asked": [{"name": "any", "version": "any", "calls": 1},
+                             {"name": "PKCS 11", "version": "any", "calls": 1},
+                             {"name": "PKCS 11", "version": "2.40", "calls": 2},
+                             {"name": "PKCS 11", "version": "3.x", "calls": 1}],
+        "flags_asked": 1, "refused": 2}, load
+    calls = {r["fn"]: r for r in records if r["kind"] == "call"}
+    assert "discovery" not in calls["C_Initialize"]["args"]  # nothing new since the load
+    assert calls["C_Finalize"]["args"]["discovery"]["C_GetFunctionList"] == 4
+    assert {k: v for k, v in calls["C_Finalize"]["args"]["discovery"].items() if k != "C_GetFunctionList"} \
+        == {k: v for k, v in load["args"]["discovery"].items() if k != "C_GetFunctionList"}
+    assert subprocess.run([sys.executable, "-m", "shim.cli", "audit", "verify", str(shim_env.audit_log)],
+                          capture_output=True).returncode == 0
 
 
 def test_generated_sources_say_so_and_ckr_macros_match_constants():
