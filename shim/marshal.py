@@ -52,8 +52,9 @@ def read_template(ptr: CData, count: int) -> list[Attribute]:
 
 
 def read_mechanism(ptr: CData, *, takes_parameter: bool = True) -> Mechanism:
-    """Mechanisms that take no parameter ignore whatever the caller passed:
-    PowerDNS hands C_DigestInit(CKM_SHA_1) an uninitialised pParameter/len."""
+    """A mechanism that takes no parameter (``takes_parameter`` from ``shim.spec.TAKES_PARAMETER``)
+    ignores whatever the caller passed: PowerDNS hands C_DigestInit(CKM_SHA_1) an uninitialised
+    pParameter/len."""
     if ptr == cabi.NULL:
         raise PKCS11Error(CKR.ARGUMENTS_BAD, "NULL mechanism")
     mtype = int(ptr.mechanism)

@@ -1,5 +1,9 @@
 """Which CK_RVs PKCS#11 v2.40 lets each function return: the one table, as data.
 
+The other tables the shim takes from a specification stand here too, each once: the functions
+that change token or login state (``STATE_CHANGING``), which mechanisms take a parameter
+(``MECHANISM_PARAMETER``) and the DigestInfo prefixes of RSA PKCS#1 v1.5 (``DIGEST_INFO_PREFIX``).
+
 Transcribed from the per-function "Return values" lists of the PKCS#11 Cryptographic Token
 Interface Base Specification v2.40, section 5, for all 68 functions of ``shim.functions``,
 plus the two interface functions of v3.0 (section 5.4) that the loader stub exports.
@@ -24,7 +28,7 @@ tolerate such a value keep a named exception list of their own (``sc4testkit/qui
 
 from __future__ import annotations
 
-from shim.constants import CKR
+from shim.constants import CKM, CKR
 
 
 def _rv(names: str) -> frozenset[CKR]:
@@ -356,3 +360,28 @@ STATE_CHANGING: frozenset[str] = frozenset({
     "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_SetAttributeValue",  # 5.7
     "C_GenerateKey", "C_GenerateKeyPair", "C_WrapKey", "C_UnwrapKey", "C_DeriveKey",  # 5.13
 })
+
+
+# Whether a mechanism takes a parameter (PKCS#11 v2.40 Current Mechanisms): True, the shim reads
+# it (RSA-PSS: CK_RSA_PKCS_PSS_PARAMS); False, whatever the caller leaves in pParameter and
+# ulParameterLen is ignored, by the shim's handlers and by the guard's length bound (PowerDNS 4.7
+# hands C_DigestInit(CKM_SHA_1) an uninitialised ulParameterLen).  A mechanism not listed is
+# the card's to judge: the shim does not read its parameter and the guard bounds its length.
+MECHANISM_PARAMETER: dict[CKM, bool] = {
+    **dict.fromkeys((CKM.MD5, CKM.SHA_1, CKM.SHA224, CKM.SHA256, CKM.SHA384, CKM.SHA512), False),
+    **dict.fromkeys((CKM.RSA_PKCS_PSS, CKM.SHA1_RSA_PKCS_PSS, CKM.SHA224_RSA_PKCS_PSS, CKM.SHA256_RSA_PKCS_PSS,
+                     CKM.SHA384_RSA_PKCS_PSS, CKM.SHA512_RSA_PKCS_PSS), True),
+}
+TAKES_PARAMETER: frozenset[CKM] = frozenset(m for m, takes in MECHANISM_PARAMETER.items() if takes)
+PARAMETERLESS: frozenset[CKM] = frozenset(m for m, takes in MECHANISM_PARAMETER.items() if not takes)
+
+# DER prefixes of the DigestInfo that EMSA-PKCS1-v1_5 puts before a digest (RFC 8017 section
+# 9.2, note 1), keyed by hashlib name: what CKM_RSA_PKCS is given for a hashed RSA signature.
+DIGEST_INFO_PREFIX: dict[str, bytes] = {
+    "md5": bytes.fromhex("3020300c06082a864886f70d020505000410"),
+    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
+    "sha224": bytes.fromhex("302d300d06096086480165030402040500041c"),
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}

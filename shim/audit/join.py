@@ -31,13 +31,11 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from shim.audit.show import records, safe
+from shim.spec import DIGEST_INFO_PREFIX
 
 CLIENT_MODULE = "p11-kit-client.so"
 SERVER_PROG = "p11-kit-remote"
 SIGN_FNS = frozenset({"C_Sign", "C_SignFinal"})
-#: The DER prefix of a SHA-256 DigestInfo (RFC 8017 section 9.2, note 1). The same table lives in
-#: shim/soft/hashsign.py, which audit tools may not import (tests/unit/test_imports.py).
-SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 #: Hash-then-sign mechanisms over SHA-256, by the name the signer's C_SignInit record gives,
 #: and whether the card is given a DigestInfo (PKCS#1 v1.5) rather than the bare digest.
 SHA256_HASHED = {"CKM_ECDSA_SHA256": False, "CKM_SHA256_RSA_PKCS": True, "CKM_SHA256_RSA_PKCS_PSS": False}
@@ -105,7 +103,7 @@ def card_inputs(conn: Connection) -> dict[int, set[str]]:
         wrapped = SHA256_HASHED.get(mech_by_session.get(args.get("session"), ""))
         if args.get("hashed_by") == "soft" and wrapped is not None:
             digest = bytes.fromhex(args["data_sha256"])
-            cands.add(hashlib.sha256(SHA256_DIGEST_INFO + digest if wrapped else digest).hexdigest())
+            cands.add(hashlib.sha256(DIGEST_INFO_PREFIX["sha256"] + digest if wrapped else digest).hexdigest())
         out[r["seq"]] = cands
     return out
 

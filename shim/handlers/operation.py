@@ -8,14 +8,11 @@ from typing import Any
 from shim import cabi
 from shim.attributes import boolean, ulong
 from shim.call import Call
-from shim.constants import CKA, CKM, CKO, CKR
+from shim.constants import CKA, CKO, CKR
 from shim.errors import PKCS11Error
 from shim.marshal import write_output
 from shim.soft.hmac import HMACS, Hmac
 from shim.soft.state import CompletionState
-
-PARAMETERISED = frozenset({CKM.RSA_PKCS_PSS, CKM.SHA1_RSA_PKCS_PSS, CKM.SHA224_RSA_PKCS_PSS,
-                           CKM.SHA256_RSA_PKCS_PSS, CKM.SHA384_RSA_PKCS_PSS, CKM.SHA512_RSA_PKCS_PSS})
 
 
 def mech_type(pmech: Any) -> int:

@@ -13,13 +13,14 @@ from shim import cabi
 from shim.call import Call
 from shim.constants import CKA, CKM, CKR, MechanismFlag
 from shim.errors import PKCS11Error
-from shim.handlers.operation import PARAMETERISED, ends_operation, hmac_operation, mech_type, soft_output
+from shim.handlers.operation import ends_operation, hmac_operation, mech_type, soft_output
 from shim.handlers.sessions import require_session
 from shim.marshal import read_bytes, read_mechanism
 from shim.soft.hashsign import HASHED, HashThenSign
 from shim.soft.hmac import Hmac
 from shim.soft.sessions import Session
 from shim.soft.state import CompletionState
+from shim.spec import TAKES_PARAMETER
 
 SIGN = int(MechanismFlag.SIGN)
 
@@ -41,7 +42,7 @@ def sign_init(st: CompletionState, call: Call, h: int, pmech: Any, h_key: int) -
     spec = HASHED.get(mech)
     if spec is not None and caps.card_can(s.slot, spec.raw, SIGN) and (
             not native or caps.lacks("C_SignUpdate") or caps.lacks("C_SignFinal")):
-        m = read_mechanism(pmech, takes_parameter=mech in PARAMETERISED)
+        m = read_mechanism(pmech, takes_parameter=mech in TAKES_PARAMETER)
         raw = cabi.ffi.new("CK_MECHANISM *")
         raw.mechanism = spec.raw
         if spec.raw == CKM.RSA_PKCS_PSS:

@@ -9,7 +9,7 @@ from shim.attributes import boolean, ulong
 from shim.call import Call
 from shim.constants import CKA, CKK, CKO, CKR
 from shim.errors import PKCS11Error
-from shim.handlers.operation import PARAMETERISED, hmac_operation, mech_type, not_active
+from shim.handlers.operation import hmac_operation, mech_type, not_active
 from shim.handlers.sessions import require_session
 from shim.marshal import read_bytes, read_mechanism
 from shim.soft import card
@@ -17,6 +17,7 @@ from shim.soft.operations import CardOperation
 from shim.soft.sessions import Session, VerifyOperation
 from shim.soft.state import CompletionState
 from shim.soft.verify import VERIFY_MECHANISMS, Verifier, public_key
+from shim.spec import TAKES_PARAMETER
 
 _KEY_ATTRS = (CKA.CLASS, CKA.KEY_TYPE, CKA.VERIFY, CKA.EC_PARAMS, CKA.EC_POINT, CKA.MODULUS, CKA.PUBLIC_EXPONENT)
 
@@ -53,7 +54,7 @@ def verify_init(st: CompletionState, call: Call, h: int, pmech: Any, h_key: int)
             raise PKCS11Error(CKR.KEY_FUNCTION_NOT_PERMITTED, "key has CKA_VERIFY=FALSE")
         if ulong(attrs.get(CKA.KEY_TYPE)) not in (CKK.EC, CKK.RSA, CKK.EC_EDWARDS):
             raise PKCS11Error(CKR.KEY_TYPE_INCONSISTENT, "unsupported key type")
-        m = read_mechanism(pmech, takes_parameter=mech in PARAMETERISED)
+        m = read_mechanism(pmech, takes_parameter=mech in TAKES_PARAMETER)
         op = Verifier(mech, m.parameter, public_key(attrs))
     s.verify = op
     return CKR.OK

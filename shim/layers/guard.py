@@ -20,10 +20,10 @@ from typing import Any
 
 from shim import cabi
 from shim.call import Call, LayerFn, Table
-from shim.constants import CKM, CKR, InitFlag
+from shim.constants import CKR, InitFlag
 from shim.errors import PKCS11Error
 from shim.functions import BY_NAME, FunctionSpec
-from shim.spec import ALLOWED
+from shim.spec import ALLOWED, PARAMETERLESS
 
 BEFORE_INIT = frozenset({"C_Initialize"})  # C_GetFunctionList is answered in C
 
@@ -236,11 +236,6 @@ def _template_bounds(i: int, what: str, *, output: bool) -> Check:
         return None
 
     return check
-
-
-#: Digest mechanisms take no parameter, and what a caller leaves in pParameter/ulParameterLen is
-#: ignored (PowerDNS 4.7 hands C_DigestInit(CKM_SHA_1) an uninitialised length): no bound applies.
-PARAMETERLESS = frozenset({CKM.MD5, CKM.SHA_1, CKM.SHA224, CKM.SHA256, CKM.SHA384, CKM.SHA512})
 
 
 def _mechanism_bounds(i: int) -> Check:

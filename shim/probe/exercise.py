@@ -23,8 +23,8 @@ from typing import Any
 
 from shim.constants import CKA, CKK, CKM, CKO, CKR, CKU, InitFlag, SessionFlag, TokenFlag, name_of
 from shim.probe import p11
+from shim.spec import DIGEST_INFO_PREFIX
 
-_SHA256_DIGESTINFO = bytes.fromhex("3031300d060960864801650304020105000420")
 _OBJECT_ATTRS = (CKA.CLASS, CKA.KEY_TYPE, CKA.ID, CKA.LABEL, CKA.TOKEN, CKA.PRIVATE)
 _PUBLIC_ATTRS = (CKA.EC_PARAMS, CKA.EC_POINT, CKA.MODULUS, CKA.PUBLIC_EXPONENT)
 
@@ -125,7 +125,7 @@ class Exercise:
         raw = mech in ("CKM_ECDSA", "CKM_RSA_PKCS")
         data = os.urandom(32)
         if mech == "CKM_RSA_PKCS":
-            data = _SHA256_DIGESTINFO + hashlib.sha256(data).digest()
+            data = DIGEST_INFO_PREFIX["sha256"] + hashlib.sha256(data).digest()
         elif not raw:
             data = os.urandom(100)
         self.tag = f"sign {mech}" + (" multipart" if multipart else "")

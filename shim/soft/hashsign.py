@@ -15,16 +15,7 @@ from typing import NamedTuple
 
 from shim.constants import CKG, CKM, CKR
 from shim.errors import PKCS11Error
-
-# DER prefixes of DigestInfo (RFC 8017 section 9.2, note 1), keyed by hashlib name.
-_DIGEST_INFO: dict[str, bytes] = {
-    "md5": bytes.fromhex("3020300c06082a864886f70d020505000410"),
-    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
-    "sha224": bytes.fromhex("302d300d06096086480165030402040500041c"),
-    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
-    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
-    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
-}
+from shim.spec import DIGEST_INFO_PREFIX
 
 
 class Hashed(NamedTuple):
@@ -62,7 +53,7 @@ HASH_OF_MGF: dict[int, str] = {
 
 
 def digest_info(hash_name: str, digest: bytes) -> bytes:
-    return _DIGEST_INFO[hash_name] + digest
+    return DIGEST_INFO_PREFIX[hash_name] + digest
 
 
 class PssParams(NamedTuple):
