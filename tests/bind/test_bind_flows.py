@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sc4testkit.zones import free_port, write_zone
+
 from .conftest import Signer, record_time
-from .zones import Named, answer_rrsig_tags, dig, free_port, inspect_signed, key_tag, named_conf, write_zone
+from .zones import Named, answer_rrsig_tags, dig, inspect_signed, key_tag, named_conf
 
 pytestmark = pytest.mark.bind
 

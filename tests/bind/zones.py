@@ -1,35 +1,15 @@
-"""Example zones, signed-zone inspection, dig and named helpers for the BIND flows."""
+"""Signed-zone inspection, dig and named helpers for the BIND flows (the zone itself and the port
+come from sc4testkit.zones)."""
 
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from sc4testkit.trixie import Trixie, stop
-
-
-def write_zone(path: Path, origin: str, names: int = 300) -> None:
-    """A plain zone with `names` hosts (A, some AAAA/TXT/MX) under `origin`."""
-    lines = [
-        "$TTL 3600",
-        f"$ORIGIN {origin}.",
-        "@ IN SOA ns1 hostmaster 2024010101 3600 900 604800 300",
-        "@ IN NS ns1",
-        "@ IN MX 10 mail",
-        "ns1 IN A 127.0.0.1",
-        "mail IN A 192.0.2.254",
-    ]
-    for i in range(1, names + 1):
-        lines.append(f"host{i} IN A 192.0.2.{i % 250 + 1}")
-        if i % 3 == 0:
-            lines.append(f"host{i} IN AAAA 2001:db8::{i:x}")
-        if i % 7 == 0:
-            lines.append(f'host{i} IN TXT "host number {i}"')
-    path.write_text("\n".join(lines) + "\n")
 
 
 def key_tag(key_base: str) -> int:
@@ -68,21 +48,6 @@ def inspect_signed(trixie: Trixie, origin: str, path: Path) -> SignedZone:
             by_tag[tag] += 1
             covered.setdefault(tag, Counter())[f[4]] += 1
     return SignedZone(len(names), records, sum(by_tag.values()), by_tag, covered)
-
-
-def free_port() -> int:
-    """A free high port on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def dig(trixie: Trixie, port: int, name: str, rtype: str) -> str:

@@ -18,7 +18,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from sc4testkit import zones
 from shim.config import dumps as config_dumps
 from shim.locate import module_path
 
@@ -337,36 +337,9 @@ def bench(card: Any, request: pytest.FixtureRequest) -> Iterator[Bench]:
 
 
 # -- zones and DNS -------------------------------------------------------------------------------------
-def write_zone(path: Path, origin: str = ORIGIN, names: int = ZONE_NAMES) -> None:
-    lines = [
-        "$TTL 3600",
-        f"$ORIGIN {origin}.",
-        "@ IN SOA ns1 hostmaster 2024010101 3600 900 604800 300",
-        "@ IN NS ns1",
-        "@ IN MX 10 mail",
-        "ns1 IN A 127.0.0.1",
-        "mail IN A 192.0.2.254",
-    ]
-    for i in range(1, names + 1):
-        lines.append(f"host{i} IN A 192.0.2.{i % 250 + 1}")
-        if i % 3 == 0:
-            lines.append(f"host{i} IN AAAA 2001:db8::{i:x}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def free_port() -> int:
-    """A free high port on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no free port")
+def write_zone(path: Path) -> None:
+    """The example zone of every signer test (sc4testkit.zones), ``ZONE_NAMES`` hosts under ORIGIN."""
+    zones.write_zone(path, ORIGIN, ZONE_NAMES)
 
 
 def dig(port: int, name: str, rtype: str, *extra: str, wait: int = 2) -> str:
@@ -428,6 +401,40 @@ def wait_for(probe: Any, what: str, timeout: float = 60, interval: float = 0.3, 
             return last
         time.sleep(interval)
     raise AssertionError(f"gave up waiting for {what} after {timeout} s (last: {last!r})")
+
+
+class Served:
+    """The daemons serving the zone on ``port`` (named, log): every wait through :meth:`wait` fails
+    at once, with the daemon's log, when one of them exits."""
+
+    def __init__(self, port: int, *daemons: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+        self.port = port
+        self.daemons = list(daemons)
+
+    def add(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.daemons.append((name, proc, log))
+
+    def alive(self) -> None:
+        for name, proc, log in self.daemons:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+
+    def wait(self, probe: Any, what: str, **kw: Any) -> Any:
+        return wait_for(probe, what, alive=self.alive, **kw)
+
+    def answer(self, name: str, rtype: str, **kw: Any) -> list[list[str]]:
+        return answer(dig(self.port, name, rtype, **kw))
+
+    def signed_dnskey(self) -> tuple[list[list[str]], int]:
+        """The zone's first signed DNSKEY answer, and the tag of its one key, which signed it."""
+        def signed() -> list[list[str]] | None:
+            rows = self.answer(ORIGIN, "DNSKEY")
+            return rows if rrsig_tags(rows, "DNSKEY") else None
+
+        rows = self.wait(signed, f"{self.daemons[0][0]}'s signed DNSKEY answer")
+        tags = dnskey_tags(rows)
+        assert len(tags) == 1 and rrsig_tags(rows, "DNSKEY") == set(tags), rows
+        return rows, next(iter(tags))
 
 
 def verify_ldns(bench: Bench, zone: Path) -> str:

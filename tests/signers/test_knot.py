@@ -15,7 +15,7 @@ import pytest
 from .conftest import (
     ORIGIN,
     Bench,
-    answer,
+    Served,
     dig,
     dnskey_tags,
     free_port,
@@ -154,33 +154,22 @@ def test_knotd_zone_sign_as_knot(bench: Bench) -> None:
         add_key(bench, conf, "ec", as_user=user is not None)
     as_user = user is not None
     knotd = bench.popen(["knotd", "-c", conf], bench.work / "knotd.log", as_user=as_user)
-
-    def alive() -> None:
-        if knotd.poll() is not None:
-            raise AssertionError(f"knotd exited {knotd.returncode}:\n{(bench.work / 'knotd.log').read_text()}")
-
-    def signed_dnskey() -> list[list[str]] | None:
-        rows = answer(dig(port, ORIGIN, "DNSKEY"))
-        return rows if rrsig_tags(rows, "DNSKEY") else None
-
-    rows = wait_for(signed_dnskey, "knotd's signed DNSKEY answer", alive=alive)
-    tags = dnskey_tags(rows)
-    assert len(tags) == 1 and rrsig_tags(rows, "DNSKEY") == set(tags), rows
-    tag = next(iter(tags))
+    served = Served(port, ("knotd", knotd, bench.work / "knotd.log"))
+    _, tag = served.signed_dnskey()
 
     def serial() -> int:
-        soa = [f for f in answer(dig(port, ORIGIN, "SOA")) if f[3] == "SOA"]
+        soa = [f for f in served.answer(ORIGIN, "SOA") if f[3] == "SOA"]
         return int(soa[0][6]) if soa else -1
 
     before = serial()
     signs_before = bench.check_audit(1, progs=["knotd"])["knotd"]
     bench.run(["knotc", "-c", conf, "zone-sign", ORIGIN], as_user=as_user)
-    wait_for(lambda: serial() > before, "a new serial after knotc zone-sign", alive=alive)
+    served.wait(lambda: serial() > before, "a new serial after knotc zone-sign")
 
     axfr = bench.work / "axfr.zone"
     axfr.write_text(dig(port, ORIGIN, "AXFR"))
     verify_ldns(bench, axfr)
-    a = answer(dig(port, f"host1.{ORIGIN}", "A"))
+    a = served.answer(f"host1.{ORIGIN}", "A")
     assert rrsig_tags(a, "A") == {tag}, a
 
     bench.run(["knotc", "-c", conf, "stop"], as_user=as_user, check=False)

@@ -23,6 +23,7 @@ from .conftest import (
     BASE_PATH,
     ORIGIN,
     Bench,
+    Served,
     answer,
     dig,
     dnskey_tags,
@@ -240,14 +241,8 @@ def test_ods_enforcer_signer_sign(ods: tuple[Bench, Namespace]) -> None:
     logs = bench.work / "logs"
     logs.mkdir()
     enforcerd = bench.popen(["ods-enforcerd", "-d"], logs / "enforcerd.log", prefix=p)
-    daemons = [("ods-enforcerd", enforcerd, logs / "enforcerd.log")]
-
-    def alive() -> None:
-        for name, proc, log in daemons:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-
-    wait_for(lambda: ods_run("ods-enforcer", "running", check=False).returncode == 0, "ods-enforcerd", alive=alive)
+    served = Served(port, ("ods-enforcerd", enforcerd, logs / "enforcerd.log"))
+    served.wait(lambda: ods_run("ods-enforcer", "running", check=False).returncode == 0, "ods-enforcerd")
     ods_run("ods-enforcer", "policy", "import")
     signconf = f"/var/lib/opendnssec/signconf/{ORIGIN}.xml"
     ods_run(
@@ -267,21 +262,21 @@ def test_ods_enforcer_signer_sign(ods: tuple[Bench, Namespace]) -> None:
             )
     ods_run("ods-enforcer", "enforce")
     ods_run("ods-enforcer", "signconf")
-    wait_for(lambda: (bench.work / "var" / "signconf" / f"{ORIGIN}.xml").exists(), "the signconf", alive=alive)
+    served.wait(lambda: (bench.work / "var" / "signconf" / f"{ORIGIN}.xml").exists(), "the signconf")
     keys = ods_run("ods-enforcer", "key", "list", "--verbose").stdout
 
     signerd = bench.popen(["ods-signerd", "-d"], logs / "signerd.log", prefix=p)
-    daemons.append(("ods-signerd", signerd, logs / "signerd.log"))
-    wait_for(lambda: ods_run("ods-signer", "running", check=False).returncode == 0, "ods-signerd", alive=alive)
+    served.add("ods-signerd", signerd, logs / "signerd.log")
+    served.wait(lambda: ods_run("ods-signer", "running", check=False).returncode == 0, "ods-signerd")
     # the signer takes the zone list from the enforcer's export a moment after it starts
-    wait_for(lambda: ods_run("ods-signer", "sign", ORIGIN, check=False).returncode == 0,
-             "ods-signer sign to find the zone", alive=alive)
+    served.wait(lambda: ods_run("ods-signer", "sign", ORIGIN, check=False).returncode == 0,
+                "ods-signer sign to find the zone")
 
-    def served() -> str | None:
+    def signed_axfr() -> str | None:
         out = dig(port, ORIGIN, "AXFR", wait=30)
         return out if rrsig_tags(answer(out), "SOA") else None
 
-    axfr_text = wait_for(served, "the signed zone by AXFR from ods-signerd", timeout=120, interval=1, alive=alive)
+    axfr_text = served.wait(signed_axfr, "the signed zone by AXFR from ods-signerd", timeout=120, interval=1)
     axfr = bench.work / "axfr.zone"
     axfr.write_text(axfr_text)
     verify_ldns(bench, axfr)
@@ -298,7 +293,7 @@ def test_ods_enforcer_signer_sign(ods: tuple[Bench, Namespace]) -> None:
     # bug): ask through the control sockets, then by PID; the zone is already complete.
     ask_to_stop("ods-signer", "stop")
     ask_to_stop("ods-enforcer", "stop")
-    for _, proc, _ in daemons:
+    for _, proc, _ in served.daemons:
         stop(proc, timeout=15)
     on_token = set(ksk) if manual else set(tags)  # on the card only the KSK; on SoftHSM both keys
     token_sigs = [f for f in rows if f[3] == "RRSIG" and int(f[10]) in on_token]

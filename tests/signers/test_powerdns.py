@@ -28,9 +28,9 @@ from sc4testkit.tokens import TOKENS
 from .conftest import (
     ORIGIN,
     Bench,
+    Served,
     answer,
     dig,
-    dnskey_tags,
     free_port,
     require,
     rrsig_tags,
@@ -163,20 +163,10 @@ def test_pdns_hsm_assign_serve(bench: Bench, p11_name: str, key: str) -> None:
     assert "0 errors" in check.stdout, check.explain()
     log = bench.work / "pdns.log"
     server = bench.popen(["pdns_server", f"--config-dir={confdir}"], log, as_user=as_user)
-
-    def alive() -> None:
-        if server.poll() is not None:
-            raise AssertionError(f"pdns_server exited {server.returncode}:\n{log.read_text()[-4000:]}")
-
-    def signed_dnskey() -> list[list[str]] | None:
-        rows = answer(dig(port, ORIGIN, "DNSKEY"))
-        return rows if rrsig_tags(rows, "DNSKEY") else None
-
-    rows = wait_for(signed_dnskey, "pdns_server's signed DNSKEY answer", alive=alive)
-    tags = dnskey_tags(rows)
-    assert len(tags) == 1 and rrsig_tags(rows, "DNSKEY") == set(tags), rows
-    a = answer(dig(port, f"host1.{ORIGIN}", "A"))
-    assert rrsig_tags(a, "A") == set(tags), a
+    served = Served(port, ("pdns_server", server, log))
+    _, tag = served.signed_dnskey()
+    a = served.answer(f"host1.{ORIGIN}", "A")
+    assert rrsig_tags(a, "A") == {tag}, a
     axfr = bench.work / "axfr.zone"
     axfr.write_text(dig(port, ORIGIN, "AXFR", wait=240))
     verify_ldns(bench, axfr)
