@@ -167,7 +167,20 @@ def _add_remote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     r.set_defaults(func=_remote_env)
 
 
+def _drop_openssl_conf() -> None:
+    """Forget OPENSSL_CONF before anything initialises OpenSSL in this process.
+
+    An operator runs these commands with the signer's environment (``sc4dnssec probe`` with named's
+    drop-in), whose OPENSSL_CONF loads pkcs11-provider over the shim.  OpenSSL reads it when it is
+    first initialised, which here is the first ``import hashlib``: the provider would then load the
+    shim into this interpreter, in the middle of importing the shim's own modules (the embedded
+    start fails on a partially initialised ``shim.audit.writer``), and every child would do the
+    same.  No command needs a provider: the probe loads the module itself, in its child."""
+    os.environ.pop("OPENSSL_CONF", None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _drop_openssl_conf()
     parser = argparse.ArgumentParser(prog="sc4dnssec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("module-path", help="absolute path of the PKCS#11 module to give consumers")

@@ -30,8 +30,9 @@ from urllib.parse import quote
 import pytest
 
 from sc4testkit.trixie import Trixie, stop
+from sc4testkit.zones import free_port, write_zone
 from tests.bind.conftest import _card_up, _virtualcard_cmd
-from tests.bind.zones import answer_rrsig_tags, dig, free_port, key_tag, write_zone
+from tests.bind.zones import answer_rrsig_tags, dig, key_tag
 
 from .conftest import DROPIN, NAMED_UNIT, Overlay, overlay_root, systemd_command, systemd_environment
 
@@ -268,14 +269,13 @@ def test_named_as_bind_serves_dnskey_signed_by_the_card_key(production: Producti
     assert "Label:" in ksks[p.ksk] and "PrivateKey:" not in ksks[p.ksk]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`probe --user bind`: the embedded Python in the probe's child fails to start (ImportError, "
-    "circular import of shim.audit.writer from shim.runtime); as root it starts (issue 19 report)",
-)
 def test_probe_as_bind_accepts_the_card_for_bind920(production: Production) -> None:
-    """The operator's first command, on the installed package's configuration, as named's user."""
+    """The operator's first command, on the installed package's configuration, as named's user, in
+    named's environment: its OPENSSL_CONF must not load the provider (and the shim) into the CLI
+    or the probe's child, whose first ``import hashlib`` would otherwise start the shim in the
+    middle of importing it."""
     p = production
+    assert "OPENSSL_CONF" in p.env, "the drop-in's environment no longer names the provider's config"
     res = p.root.run(
         ["sc4dnssec", "probe", "--user", "bind", "--for", "bind920", "--pin-source", CARD_PIN, "--key-dir", KEYS],
         env=p.env,
@@ -283,6 +283,7 @@ def test_probe_as_bind_accepts_the_card_for_bind920(production: Production) -> N
         timeout=300,
     )
     assert res.returncode == 0, res.explain()
+    assert "embedded Python failed to start" not in res.stdout + res.stderr, res.explain()
 
 
 def _named_uid(p: Production) -> int:
