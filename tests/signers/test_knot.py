@@ -12,13 +12,14 @@ from urllib.parse import quote
 
 import pytest
 
+from sc4testkit.zones import free_port
+
 from .conftest import (
     ORIGIN,
     Bench,
     Served,
     dig,
     dnskey_tags,
-    free_port,
     require,
     rrsig_tags,
     verify_ldns,

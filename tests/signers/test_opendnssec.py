@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from sc4testkit.zones import free_port
+
 from .conftest import (
     BASE_PATH,
     ORIGIN,
@@ -27,7 +29,6 @@ from .conftest import (
     answer,
     dig,
     dnskey_tags,
-    free_port,
     require,
     rrsig_tags,
     stop,

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from sc4testkit.tokens import TOKENS
+from sc4testkit.zones import free_port
 
 from .conftest import (
     ORIGIN,
@@ -31,7 +32,6 @@ from .conftest import (
     Served,
     answer,
     dig,
-    free_port,
     require,
     rrsig_tags,
     stop,
