@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only percall,startup,card,bind,profile] [--out BENCHMARKS.md]"""
+"""python -m bench [--quick] [--only percall,threads,startup,card,bind,writeahead,profile] [--out BENCHMARKS.md]"""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 from bench import driver, machine, report
 from bench.modules import ways
+from bench.writeahead import log_counts
 
-SECTIONS = ("percall", "threads", "startup", "card", "bind", "profile")
+SECTIONS = ("percall", "threads", "startup", "card", "bind", "writeahead", "profile")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class Plan:
     card_sigs: int
     bind_reps: int
     bind_big: bool  # also 10,000 names
+    wa_calls: int  # in-process calls per write-ahead sample (fsync none; 1/50 of it with fsync always)
 
 
 FULL = Plan(reps=7, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=15, card_reps=3, card_sigs=30,
-            bind_reps=5, bind_big=True)
+            bind_reps=5, bind_big=True, wa_calls=5000)
 QUICK = Plan(reps=3, n_sign=500, n_info=5000, thread_reps=1, startup_reps=5, card_reps=1, card_sigs=6,
-             bind_reps=1, bind_big=False)
+             bind_reps=1, bind_big=False, wa_calls=2000)
 CARD_LATENCY_MS = 100.0
 
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             r.percall = per_call(w, hsm.pin, plan.reps, plan.n_sign, plan.n_info)
             r.audit_note = report.verify_audit(work / "audit-softhsm.jsonl")
+            r.percall_intents = log_counts(work / "audit-softhsm.jsonl")
 
         def threads() -> None:
             from bench.percall import thread_scaling
@@ -103,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             for threads_ in (1, 4):
                 r.bind.append(b.bind_runs(s, 1000, threads_, plan.bind_reps))
             r.bind_audit = b.audit_check(s, 1000, 4)
+            r.bind_intents = log_counts(s.work / "audit-1000-4.jsonl")
             if plan.bind_big:
                 r.bind.append(b.bind_runs(s, 10000, 1, max(1, plan.bind_reps - 2)))
+
+        def writeahead() -> None:
+            from bench.writeahead import run as measure
+
+            r.writeahead = measure(plan.wa_calls, plan.reps)
 
         def profile() -> None:
             from bench.profile import profile as prof
@@ -120,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         section("startup", startup)
         section("card", card)
         section("bind", bind)
+        section("writeahead", writeahead)
         section("profile", profile)
     finally:
         r.total_s = time.monotonic() - t_start
