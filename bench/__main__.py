@@ -29,7 +29,7 @@ class Plan:
     card_sigs: int
     bind_reps: int
     bind_big: bool  # also 10,000 names
-    wa_calls: int  # in-process calls per write-ahead sample (fsync none; 1/50 of it with fsync always)
+    wa_calls: int  # in-process calls per write-ahead sample (fsync none; 1/10 of it with fsync always)
 
 
 FULL = Plan(reps=7, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=15, card_reps=3, card_sigs=30,

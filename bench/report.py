@@ -169,16 +169,19 @@ def render(r: Report) -> str:
           "token init) gets an `intent` record before it reaches the card; every other call, `C_Sign` "
           "included, pays one boolean test.")
         a("")
-        for what, c in (("Per-call section (PyKCS11 loops, login once per process)", r.percall_intents),
-                        ("BIND section, last shim run (1000 names, -n 4)", r.bind_intents)):
-            if c:
-                a(f"- {what}: {describe_counts(c)}.")
+        counts = [(what, c) for what, c in (("Per-call section (PyKCS11 loops, login once per process)",
+                                              r.percall_intents),
+                                             ("BIND section, last shim run (1000 names, -n 4)", r.bind_intents))
+                  if c]
+        for what, c in counts:
+            a(f"- {what}: {describe_counts(c)}.")
+        if counts:
+            a("")
         wa = r.writeahead
         if wa is not None:
-            a("")
             a(f"In-process, the real audit layer and writer over a layer below that answers at once "
               f"(bench/writeahead.py); medians of {wa.reps} interleaved rounds of {wa.n} calls "
-              f"({max(50, wa.n // 50)} with fsync always), µs per call:")
+              f"({max(50, wa.n // 10)} with fsync always), µs per call:")
             a("")
             a("| call | fsync | without intent | with intent | one intent record costs |")
             a("|---|---|---|---|---|")

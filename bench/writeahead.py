@@ -3,9 +3,9 @@
 Before a call in ``shim.spec.STATE_CHANGING`` reaches the card, the audit layer writes an
 ``intent`` record; every other call, C_Sign included, pays one boolean test.  Two measurements:
 
-- in-process, on the real audit layer and the real AuditWriter (a file in a temporary directory;
-  the writer's Python append, where the module uses its C one), over a layer below that answers
-  CKR_OK at once, so only the shim's own work is timed: C_Sign
+- in-process, on the real audit layer and the real AuditWriter with the core's C append (a file
+  in a temporary directory), over a layer below that answers CKR_OK at once, so only the shim's
+  own work is timed: C_Sign
   as the shim runs it, and C_Sign compiled as if it were state-changing (the difference is the
   price of one write-ahead record on the hot path, were C_Sign ever to need one); C_Login with
   its intent and compiled without one; each with fsync none and always;
@@ -49,11 +49,12 @@ class WriteAhead:
         return self.us[self.key(fn, True, fsync)] - self.us[self.key(fn, False, fsync)]
 
 
-def _entries(intent_for: set[str], fsync: str, log: Path) -> tuple[Any, dict[str, Any]]:
+def _entries(intent_for: set[str], fsync: str, log: Path, lib: Any) -> tuple[Any, dict[str, Any]]:
     from shim.audit.writer import AuditWriter
     from shim.call import Call
     from shim.functions import BY_NAME
     from shim.layers import audit as audit_layer
+    from shim.runtime import _locked_append
     from shim.spec import STATE_CHANGING
 
     def ok(call: Call, *args: Any) -> int:
@@ -64,7 +65,7 @@ def _entries(intent_for: set[str], fsync: str, log: Path) -> tuple[Any, dict[str
     saved = audit_layer.STATE_CHANGING
     audit_layer.STATE_CHANGING = frozenset((STATE_CHANGING - set(below)) | intent_for)
     try:
-        writer = AuditWriter(str(log), fsync=fsync)
+        writer = AuditWriter(str(log), fsync=fsync, locked_append=_locked_append(lib))
         layer = audit_layer.Audit(below, writer, fail_closed=True)
         return writer, layer.entries()
     finally:
@@ -74,12 +75,17 @@ def _entries(intent_for: set[str], fsync: str, log: Path) -> tuple[Any, dict[str
 def measure(n: int, reps: int) -> WriteAhead:
     from cffi import FFI
 
+    import shim
     from shim import cabi
-    from shim._build import C_DIR, function_list_struct
+    from shim._build import C_DIR, CORE_MODULE, function_list_struct
 
     ffi = FFI()
-    ffi.cdef((C_DIR / "cryptoki.h").read_text() + function_list_struct())
-    cabi.bind(ffi, None)
+    ffi.cdef((C_DIR / "cryptoki.h").read_text() + function_list_struct()
+             + "long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);")
+    # The built core, for its C append (plain C: opening it starts no interpreter).
+    (core,) = Path(shim.__file__).resolve().parent.glob(f"{CORE_MODULE}.*.so")
+    lib = ffi.dlopen(str(core))
+    cabi.bind(ffi, lib)
     data, sig = ffi.new("CK_BYTE[]", bytes(range(32))), ffi.new("CK_BYTE[]", 64)
     sig_len = ffi.new("CK_ULONG *", 64)
     pin = ffi.new("CK_UTF8CHAR[]", b"1234")
@@ -88,12 +94,12 @@ def measure(n: int, reps: int) -> WriteAhead:
     with tempfile.TemporaryDirectory(prefix="sc4bench-wa-") as d:
         for rep in range(reps):
             for fsync in FSYNCS:
-                calls = n if fsync == "none" else max(50, n // 50)  # fsync-bound: fewer calls
+                calls = n if fsync == "none" else max(50, n // 10)  # fsync-bound: fewer calls
                 cases = [(fn, intent) for fn in args for intent in (False, True)]
                 k = rep % len(cases)
                 for fn, intent in [*cases[k:], *cases[:k]]:
                     log = Path(d) / f"{fn}-{intent}-{fsync}-{rep}.jsonl"
-                    writer, entries = _entries({fn} if intent else set(), fsync, log)
+                    writer, entries = _entries({fn} if intent else set(), fsync, log, lib)
                     entry, a = entries[fn], args[fn]
                     for _ in range(min(200, calls)):  # warm-up: first records, caches
                         entry(*a)
