@@ -20,10 +20,11 @@ import pytest
 
 from sc4testkit.tokens import VIRTUAL_SCHSM
 from sc4testkit.trixie import Result, Shim, Trixie
+from sc4testkit.zones import free_port, write_zone
 from shim.ceremony import bind
 from tests.bind import conftest as bind_fixtures
 from tests.bind.conftest import Signer, VirtualCard, _make_piv, record_time
-from tests.bind.zones import Named, answer_rrsig_tags, dig, free_port, write_zone
+from tests.bind.zones import Named, answer_rrsig_tags, dig
 
 pytestmark = pytest.mark.bind
 
