@@ -85,8 +85,20 @@ def card_reader_only(bench: Bench, request: pytest.FixtureRequest) -> None:
     bench.env["OPENSC_CONF"] = str(harness.opensc_conf_for(reader))
 
 
-def pdns_version() -> tuple[int, int]:
-    out = subprocess.run(["pdns_server", "--version"], capture_output=True, text=True, timeout=30)
+def unconfigured_shim_env(bench: Bench, what: str) -> dict[str, str]:
+    """The bench's environment without the shim's settings, for a PowerDNS program not meant to use it.
+
+    p11-kit still loads the shim's module file (``p11_name``) into the program; without a backend it
+    fails its C_Initialize and p11-kit goes on. Its records go to a file of this test, never to the
+    host's /var/log/sc4dnssec, which a later package install would find owned by root."""
+    env = {k: v for k, v in bench.env.items() if not k.startswith("SC4DNSSEC_")}
+    env["SC4DNSSEC_AUDIT_LOG"] = str(bench.work / f"{what}-unconfigured-shim-audit.jsonl")
+    return env
+
+
+def pdns_version(bench: Bench) -> tuple[int, int]:
+    out = subprocess.run(["pdns_server", "--version"], capture_output=True, text=True, timeout=30,
+                         env=unconfigured_shim_env(bench, "version"))
     m = re.search(r"PowerDNS Authoritative Server (\d+)\.(\d+)", out.stdout + out.stderr)
     if m is None:
         pytest.fail(f"cannot read pdns_server --version: {out.stdout}{out.stderr}", pytrace=False)
@@ -206,7 +218,7 @@ def assert_completed_by_shim(bench: Bench, key: str) -> None:
     else:
         assert {r.get("src") for r in calls("C_Digest")} == {"soft"}, calls("C_DigestInit", "C_Digest")[:4]
     key_hashes = calls("C_DigestFinal")
-    if pdns_version() < (4, 9):
+    if pdns_version(bench) < (4, 9):
         assert key_hashes and {r.get("src") for r in key_hashes} == {"soft"}, key_hashes[:3]
     else:
         assert not key_hashes, key_hashes[:3]
@@ -223,7 +235,7 @@ def test_pdns_rsa_needs_the_shim_on_a_cardlike_token(bench: Bench, p11_name: str
     port = free_port()
     confdir = pdns_setup(bench, port)
     direct = system_module_name(bench.card.module)
-    direct_env = {k: v for k, v in bench.env.items() if not k.startswith("SC4DNSSEC_")}
+    direct_env = unconfigured_shim_env(bench, "direct")
     assign(bench, confdir, direct, "rsa", env=direct_env)
     log = bench.work / "pdns-direct.log"
     server = bench.popen(["pdns_server", f"--config-dir={confdir}"], log, env=direct_env)
