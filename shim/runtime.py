@@ -25,6 +25,7 @@ from shim.layers.base import Base
 from shim.layers.completion import Completion
 from shim.layers.fixups import Fixups
 from shim.layers.guard import Guard
+from shim.peer import client_connection
 from shim.report import report
 
 
@@ -60,8 +61,12 @@ class Shim:
         self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed")
         self.entries: dict[str, Entry] = self.auditor.entries()
 
+        # Inside p11-kit-remote (the card host of a remote card) stdin is the client's connection:
+        # the record says which one every call of this epoch came from.
+        client = client_connection(0)
         self.auditor.record("load", args={"version": "{}.{}".format(*VERSION), "python": sys.version.split()[0],
-                                          "module": _module_path(cabi.lib)})
+                                          "module": _module_path(cabi.lib),
+                                          **({"client": client} if client is not None else {})})
         allow = cfg.allow_functions
         self.auditor.record("config", args={"source": cfg.source, "backend": cfg.backend,
                                             "audit": cfg.audit_path, "fsync": cfg.audit_fsync,
