@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only percall,startup,card,bind,profile] [--out BENCHMARKS.md]"""
+"""python -m bench [--quick] [--only percall,startup,card,bind,profile,remote] [--out BENCHMARKS.md]"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import driver, machine, report
 from bench.modules import ways
 
-SECTIONS = ("percall", "threads", "startup", "card", "bind", "profile")
+SECTIONS = ("percall", "threads", "startup", "card", "bind", "profile", "remote")
 
 
 @dataclass(frozen=True)
@@ -115,12 +115,19 @@ def main(argv: list[str] | None = None) -> int:
             r.profiles = {op: prof(w["shim"], hsm.pin, op, n, work)
                           for op, n in (("sign", plan.n_sign), ("sessioninfo", plan.n_info))}
 
+        def remote_() -> None:
+            from bench.remote import remote_rates
+
+            r.remote = remote_rates(exe, hsm.module, hsm.env, hsm.pin, work / "remote", plan.reps,
+                                    plan.n_sign // 4, plan.n_info // 10)
+
         section("percall", percall)
         section("threads", threads)
         section("startup", startup)
         section("card", card)
         section("bind", bind)
         section("profile", profile)
+        section("remote", remote_)
     finally:
         r.total_s = time.monotonic() - t_start
         r.load_end = machine.load()
