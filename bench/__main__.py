@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only percall,threads,startup,card,bind,writeahead,profile] [--out BENCHMARKS.md]"""
+"""python -m bench [--quick] [--only SECTION,...] [--out BENCHMARKS.md]; SECTIONS below lists them"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bench import driver, machine, report
 from bench.modules import ways
 from bench.writeahead import log_counts
 
-SECTIONS = ("percall", "threads", "startup", "card", "bind", "writeahead", "profile")
+SECTIONS = ("percall", "threads", "startup", "card", "bind", "writeahead", "profile", "remote")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             r.profiles = {op: prof(w["shim"], hsm.pin, op, n, work)
                           for op, n in (("sign", plan.n_sign), ("sessioninfo", plan.n_info))}
 
+        def remote_() -> None:
+            from bench.remote import remote_rates
+
+            r.remote = remote_rates(exe, hsm.module, hsm.env, hsm.pin, work / "remote", plan.reps,
+                                    plan.n_sign // 4, plan.n_info // 10)
+
         section("percall", percall)
         section("threads", threads)
         section("startup", startup)
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         section("bind", bind)
         section("writeahead", writeahead)
         section("profile", profile)
+        section("remote", remote_)
     finally:
         r.total_s = time.monotonic() - t_start
         r.load_end = machine.load()

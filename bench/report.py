@@ -39,6 +39,7 @@ class Report:
     writeahead: Any = None
     profiles: dict[str, str] = field(default_factory=dict)
     split: dict[str, dict[str, float]] = field(default_factory=dict)
+    remote: list[Any] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
 
@@ -223,6 +224,24 @@ def render(r: Report) -> str:
             a(text)
             a("```")
             a("")
+    if r.remote:
+        a("### 6. Remote card (bench/remote.py: the shim over p11-kit-client.so to `p11-kit server` "
+          "exporting the shim over SoftHSM)")
+        a("")
+        a(f"C consumer, one thread, one session, the operation loop alone timed (at least N operations and 2 s); "
+          f"medians of {r.plan.reps} interleaved runs; op/s is 1/(µs/op). `shim`: the local "
+          "shim over SoftHSM; `socket`: through p11-kit's RPC on the server's unix socket; `ssh`: that socket "
+          "forwarded by `ssh -L` over loopback (the bench's own sshd). Both shims write their audit logs.")
+        a("")
+        a("| operation | n | shim op/s | socket op/s | ssh op/s | shim µs/op | socket µs/op | ssh µs/op |")
+        a("|---|---|---|---|---|---|---|---|")
+        for x in r.remote:
+            o_, u = x.ops_per_s, x.us_per_op
+            a(f"| {x.op} | {x.n} | {o_['shim']:.0f} | {o_['socket']:.0f} | {o_['ssh']:.0f} | {u['shim']:.1f} "
+              f"| {u['socket']:.1f} | {u['ssh']:.1f} |")
+        a("")
+        a("`sign` is C_SignInit + C_Sign (two round trips over the link); `sessioninfo` one C_GetSessionInfo.")
+        a("")
     if summary:
         a("### Summary")
         a("")

@@ -27,6 +27,7 @@ from shim.layers.base import Base
 from shim.layers.completion import Completion
 from shim.layers.fixups import Fixups
 from shim.layers.guard import Guard
+from shim.peer import client_connection
 from shim.report import report
 
 
@@ -68,6 +69,10 @@ class Shim:
                                 "module": _module_path(cabi.lib)}
         if (found := discovery.initial()) is not None:
             load[DISCOVERY] = found
+        # Inside p11-kit-remote (the card host of a remote card) stdin is the client's connection:
+        # the record says which one every call of this epoch came from.
+        if (client := client_connection(0)) is not None:
+            load["client"] = client
         self.auditor.record("load", args=load)
         allow = cfg.allow_functions
         self.auditor.record("config", args={"source": cfg.source, "backend": cfg.backend,

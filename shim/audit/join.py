@@ -5,8 +5,12 @@ which p11-kit server starts once per client connection.  So one signer process (
 backend is p11-kit-client.so) talks to one card-host epoch whose ``prog`` is p11-kit-remote.
 Connections are paired by the signatures both sides logged (``data_sha256`` of C_Sign, or
 what the card must have been given when the signer's shim hashed: the digest, or its
-DigestInfo for RSA PKCS#1 v1.5), then by order of C_Login, and by time only when nothing else
-tells them apart.  Within a pair, signatures are paired by content in order.
+DigestInfo for RSA PKCS#1 v1.5), then by order of C_Login, then by the card-side connection's
+peer credentials when they name the signer's own process (a socket reached without ssh), and by
+time only when nothing else tells them apart.  Each card-side connection is shown with its
+client (the ``client`` of its load record): over ssh that is the sshd or ssh process on the card
+host and the TCP connection it carries, which names the ssh connection, not the signer process.
+Within a pair, signatures are paired by content in order.
 
 What the join explains and what it cannot:
 
@@ -55,6 +59,8 @@ class Connection:
     pid: int
     prog: str
     backend: str | None = None
+    #: card side: the ``client`` of the load record (the connection's peer credentials, docs/remote.md)
+    client: dict[str, Any] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -67,7 +73,26 @@ class Connection:
 
     def label(self) -> str:
         first = self.records[0]["ts"] if self.records else "?"
-        return f"{self.side} {safe(self.prog)} pid {self.pid} epoch {self.epoch} (from {first})"
+        return f"{self.side} {safe(self.prog)} pid {self.pid} epoch {self.epoch} (from {first}){self.client_text()}"
+
+    def client_text(self) -> str:
+        """Who the card host's connection came from, as its load record says; empty if it says nothing."""
+        c = self.client
+        if not c:
+            return ""
+        who = f"pid {c.get('pid')} uid {c.get('uid')}" + (f" {safe(str(c['comm']))}" if c.get("comm") else "")
+        if c.get("title"):
+            who += f" '{safe(str(c['title']))}'"
+        if c.get("tcp"):
+            who += " over " + ", ".join(safe(str(t)) for t in c["tcp"])
+        return f", client {who}" + (f" on {safe(str(c['socket']))}" if c.get("socket") else "")
+
+    def same_process(self, other: Connection) -> bool:
+        """Whether this card-side connection's peer is ``other``'s process itself: the signer
+        connected to the server's socket directly (same host, same pid namespace), no ssh between."""
+        c = self.client or {}
+        return (c.get("pid") == other.pid and isinstance(c.get("comm"), str)
+                and bool(c["comm"]) and other.prog.startswith(c["comm"]))
 
 
 def connections(path: str, side: str) -> list[Connection]:
@@ -81,8 +106,33 @@ def connections(path: str, side: str) -> list[Connection]:
             c = by_epoch[rec["epoch"]] = Connection(side, path, rec["epoch"], rec["pid"], rec["prog"])
         if rec["kind"] == "backend" and isinstance(rec["args"], dict):
             c.backend = rec["args"].get("path")
+        if rec["kind"] == "load" and isinstance(rec["args"], dict) and isinstance(rec["args"].get("client"), dict):
+            c.client = rec["args"]["client"]
         c.records.append(rec)
     return list(by_epoch.values())
+
+
+def sign_keys(conn: Connection) -> dict[int, str]:
+    """seq of each signature record -> what identifies the data it signed, as logged.
+
+    ``data_sha256`` of a C_Sign; for a multi-part signature (C_SignInit, C_SignUpdate ...,
+    C_SignFinal) the SHA-256 over its parts' ``part_sha256`` in order. p11-kit passes each part
+    on as it is, so both sides log the same parts (pkcs11-provider with p11-kit 0.25 signs this
+    way)."""
+    parts: dict[Any, list[str]] = {}
+    out: dict[int, str] = {}
+    for r in conn.calls:
+        args = r["args"] or {}
+        session = args.get("session")
+        if r["fn"] == "C_SignInit":
+            parts[session] = []
+        elif r["fn"] == "C_SignUpdate" and "part_sha256" in args:
+            parts.setdefault(session, []).append(args["part_sha256"])
+        elif r["fn"] == "C_Sign" and "data_sha256" in args:
+            out[r["seq"]] = args["data_sha256"]
+        elif r["fn"] == "C_SignFinal" and parts.get(session):
+            out[r["seq"]] = hashlib.sha256(("parts:" + ",".join(parts[session])).encode()).hexdigest()
+    return out
 
 
 def card_inputs(conn: Connection) -> dict[int, set[str]]:
@@ -92,19 +142,21 @@ def card_inputs(conn: Connection) -> dict[int, set[str]]:
     (``hashed_by: soft``), the card got the digest (or its DigestInfo), whose SHA-256 follows from
     ``data_sha256`` only when the hash is SHA-256 itself."""
     mech_by_session: dict[Any, str] = {}
+    keys = sign_keys(conn)
     out: dict[int, set[str]] = {}
     for r in conn.calls:
         args = r["args"] or {}
         if r["fn"] == "C_SignInit":
             mech_by_session[args.get("session")] = args.get("mechanism", "")
-        if r["fn"] not in SIGN_FNS or "data_sha256" not in args:
+        if r["seq"] not in keys:
             continue
-        cands = {args["data_sha256"]}
+        out[r["seq"]] = cands = {keys[r["seq"]]}
+        if "data_sha256" not in args:
+            continue
         wrapped = SHA256_HASHED.get(mech_by_session.get(args.get("session"), ""))
         if args.get("hashed_by") == "soft" and wrapped is not None:
             digest = bytes.fromhex(args["data_sha256"])
             cands.add(hashlib.sha256(DIGEST_INFO_PREFIX["sha256"] + digest if wrapped else digest).hexdigest())
-        out[r["seq"]] = cands
     return out
 
 
@@ -120,12 +172,13 @@ class Pair:
 def _match_signs(signer: Connection, card: Connection) -> Pair:
     """Pair signatures by content, keeping each side's order."""
     want = card_inputs(signer)
+    have = sign_keys(card)
     pair = Pair(signer, card)
     csigns = card.signs
     j = 0
     for s in signer.signs:
         cands = want.get(s["seq"], set())
-        k = next((i for i in range(j, len(csigns)) if (csigns[i]["args"] or {}).get("data_sha256") in cands), None)
+        k = next((i for i in range(j, len(csigns)) if have.get(csigns[i]["seq"]) in cands), None)
         if k is None:
             pair.signer_only.append(s)
             continue
@@ -177,8 +230,9 @@ def join(signer_paths: Iterable[str], card_path: str) -> Join:
             n = len(_match_signs(s, c).matched)
             logins = _login_order(s)
             same_logins = bool(logins) and logins == _login_order(c)
-            if n or same_logins:
-                scored.append((n, same_logins, -abs(_ts(c.records[0]) - _ts(s.records[0])), si, ci))
+            same_process = c.same_process(s)
+            if n or same_logins or same_process:
+                scored.append((n, same_logins, same_process, -abs(_ts(c.records[0]) - _ts(s.records[0])), si, ci))
     chosen: dict[int, int] = {}
     for *_key, si, ci in sorted(scored, reverse=True):
         if si not in chosen and ci not in chosen.values():
@@ -235,7 +289,8 @@ def render(j: Join, out: TextIO, verbose: bool = False) -> None:
 
 def as_json(j: Join) -> str:
     def conn(c: Connection | None) -> dict[str, Any] | None:
-        return None if c is None else {"path": c.path, "epoch": c.epoch, "pid": c.pid, "prog": c.prog}
+        return None if c is None else {"path": c.path, "epoch": c.epoch, "pid": c.pid, "prog": c.prog,
+                                       **({"client": c.client} if c.client is not None else {})}
 
     doc = {
         "pairs": [{"signer": conn(p.signer), "card": conn(p.card),

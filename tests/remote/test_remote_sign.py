@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
-from .conftest import REPO, Remote
+from .conftest import CARD_ADDR, REPO, SIGNER_ADDR, Remote
 
 pytestmark = pytest.mark.remote
 
@@ -74,6 +74,21 @@ def test_pkcs11_tool_signs_with_the_remote_card(link: Remote, tmp_path: Path, ke
     pair = next(p for p in joined["pairs"] if p["signer"]["pid"] == signer_signs[-1]["pid"])
     assert [signer_signs[-1]["seq"], card_signs[0]["seq"]] in pair["matched"], pair
     assert pair["card"]["prog"] == "p11-kit-remote" and pair["card"]["pid"] == card_signs[0]["pid"], pair
+    check_client(link, pair["card"]["client"], form)
+
+
+def check_client(link: Remote, client: dict[str, Any], form: str) -> None:
+    """The card host's load record names the connection: the server's socket, and the ssh process on
+    the card host that connected to it (SO_PEERCRED), with the TCP connection it carries."""
+    assert client["socket"] == link.card_socket and client["uid"] == 0, client
+    if form == "local":
+        # sshd's session process for the -L link; its title names the user ssh authenticated
+        # (`sshd: root@notty` from OpenSSH 9, `sshd-session: root` from OpenSSH 10)
+        assert client["comm"] in ("sshd", "sshd-session") and "root" in client["title"], client
+        assert any(t.startswith(f"{CARD_ADDR}:22 -> {SIGNER_ADDR}:") for t in client["tcp"]), client
+    else:
+        assert client["comm"] == "ssh" and client["pid"] == link.link_pid() and "title" not in client, client
+        assert any(t.endswith(f" -> {SIGNER_ADDR}:22") for t in client["tcp"]), client
 
 
 def test_a_signature_no_signer_asked_for_is_unexplained(link: Remote, tmp_path: Path) -> None:
