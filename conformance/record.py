@@ -53,8 +53,11 @@ def convert(records: list[dict[str, Any]], keys: dict[str, tuple[str, str]] | No
                 objects[h] = f"$o{len(objects) + 1}"
         return objects[h]
 
+    other_slots = _other_slots(calls)
     for r in calls:
         fn, a = r["fn"], dict(r.get("args") or {})
+        if a.get("slot") in other_slots:
+            continue  # the recording host's other readers, not the consumer's work with the card
         args: dict[str, Any] = {}
         for k, v in a.items():
             if k in ("slot",):
@@ -99,6 +102,24 @@ def convert(records: list[dict[str, Any]], keys: dict[str, tuple[str, str]] | No
     meta = {"consumer": name, "source": f"recorded by conformance.record from {', '.join(progs) or 'an audit log'}",
             "recorded": True}
     return Sequence(name, steps, meta)
+
+
+def _other_slots(calls: list[dict[str, Any]]) -> set[int]:
+    """Slots of the recording host other than the card's.
+
+    The card's slot is the one sessions were opened on (else one whose token answered).  A consumer
+    that walks every slot (pkcs11-tool --token-label) asks the others too, and their answers
+    (CKR_TOKEN_NOT_PRESENT for an empty reader) depend on that host's readers: replayed against one
+    card's ``$slot`` they would be judged as the card's."""
+    def slots(fn: str, ok_only: bool) -> set[int]:
+        return {a["slot"] for r in calls if r["fn"] == fn and isinstance((a := r.get("args") or {}).get("slot"), int)
+                and (not ok_only or r.get("rv") == "CKR_OK")}
+
+    card = slots("C_OpenSession", True) or slots("C_GetTokenInfo", True)
+    if not card:
+        return set()
+    seen = {a["slot"] for r in calls if isinstance((a := r.get("args") or {}).get("slot"), int)}
+    return seen - card
 
 
 def _template(v: Any, by_label: dict[str, str], by_id: dict[str, str]) -> Any:
