@@ -8,6 +8,7 @@ reports a refusal by returning a CKR or raising :class:`shim.errors.PKCS11Error`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,3 +29,21 @@ class Call:
 
 
 INTERNAL = Call("internal")  # for the shim's own backend calls (probes, attribute reads): never recorded
+
+
+_current = threading.local()
+
+
+def enter(call: Call) -> None:
+    """The audit layer names the application's call this thread is serving (see :func:`recorded`)."""
+    _current.call = call
+
+
+def recorded(call: Call) -> Call:
+    """The call whose record a layer below completion annotates: completion hands the card half of
+    a call down as :data:`INTERNAL`, but what the card did (which pool member) belongs in the
+    application's record.  A throwaway Call when the thread serves none (never INTERNAL itself)."""
+    if call is not INTERNAL:
+        return call
+    outer = getattr(_current, "call", None)
+    return outer if outer is not None else Call("internal")

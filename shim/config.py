@@ -33,6 +33,32 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class PoolMember:
+    """One card of a ``[pool]``: which token (by serial or label) and where its PIN comes from.
+
+    Without ``pin_file`` or ``pin_env`` the member is logged in with the PIN the consumer gave
+    to C_Login (kept in memory for re-insertion)."""
+
+    name: str
+    serial: str | None = None
+    label: str | None = None
+    pin_file: str | None = None
+    pin_env: str | None = None
+    module: str | None = None
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """``[pool]``: several cards holding the same keys, presented as one token."""
+
+    members: tuple[PoolMember, ...]
+    label: str = "sc4dnssec pool"
+    serial: str = "sc4pool"
+    timeout_s: float = 5.0
+    separate_modules: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     backend: str | None
     audit_path: str
@@ -45,6 +71,7 @@ class Config:
     advertise_keygen: bool = True
     eddsa_keygen_alias: bool = True
     allow_functions: frozenset[str] | None = None
+    pool: PoolConfig | None = None
     source: str = "defaults"
     raw: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
@@ -108,6 +135,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     if backend is not None and not isinstance(backend, str):
         raise ConfigError("backend: expected a path")
     allow = policy.get("allow_functions")
+    pool = data.get("pool")
     return Config(
         backend=backend or None,
         audit_path=env.get("SC4DNSSEC_AUDIT_LOG") or str(audit.get("path") or default_audit_path(env)),
@@ -122,9 +150,66 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         advertise_keygen=bool(compat.get("advertise_keygen", True)),
         eddsa_keygen_alias=bool(compat.get("eddsa_keygen_alias", True)),
         allow_functions=None if allow is None else _functions(allow, "[policy] allow_functions"),
+        pool=None if pool is None else _pool(pool),
         source=source,
         raw=data,
     )
+
+
+_MEMBER_KEYS = frozenset({"name", "serial", "label", "pin_file", "pin_env", "module"})
+
+
+def _pool_members(value: object, setting: str) -> tuple[PoolMember, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        raise ConfigError(f"{setting}: expected a non-empty list of tables ({{ name = ..., serial = ... }})")
+    members = []
+    for i, m in enumerate(value):
+        assert isinstance(m, dict)
+        unknown = sorted(set(m) - _MEMBER_KEYS)
+        if unknown:
+            raise ConfigError(f"{setting}: member {i + 1}: unknown keys {unknown}")
+        if not all(isinstance(v, str) and v for v in m.values()):
+            raise ConfigError(f"{setting}: member {i + 1}: every value must be a non-empty string")
+        if ("serial" in m) == ("label" in m):
+            raise ConfigError(f"{setting}: member {i + 1}: give exactly one of serial or label")
+        if "pin_file" in m and "pin_env" in m:
+            raise ConfigError(f"{setting}: member {i + 1}: give at most one of pin_file or pin_env")
+        members.append(PoolMember(name=m.get("name") or m.get("serial") or m["label"], serial=m.get("serial"),
+                                  label=m.get("label"), pin_file=m.get("pin_file"), pin_env=m.get("pin_env"),
+                                  module=m.get("module")))
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{setting}: member names must differ: {names}")
+    return tuple(members)
+
+
+def _timeout_ms(value: object, setting: str) -> float:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 600_000:
+        raise ConfigError(f"{setting}: expected milliseconds, 1 to 600000, not {value!r}")
+    return value / 1000
+
+
+def _pool(value: object) -> PoolConfig:
+    if not isinstance(value, dict):
+        raise ConfigError("[pool] must be a table")
+    for key, check in SCHEMA["pool"].items():
+        if key in value:
+            check(value[key], f"[pool] {key}")
+    if "members" not in value:
+        raise ConfigError("[pool] members: missing (the cards of the pool)")
+    return PoolConfig(members=_pool_members(value["members"], "[pool] members"),
+                      label=str(value.get("label", "sc4dnssec pool")), serial=str(value.get("serial", "sc4pool")),
+                      timeout_s=_timeout_ms(value.get("timeout_ms", 5000), "[pool] timeout_ms"),
+                      separate_modules=bool(value.get("separate_modules", True)))
+
+
+def _token_text(limit: int) -> Callable[[object, str], None]:
+    def check(value: object, setting: str) -> None:
+        _is_str(value, setting)
+        assert isinstance(value, str)
+        if len(value.encode()) > limit:
+            raise ConfigError(f"{setting}: at most {limit} bytes (a CK_TOKEN_INFO field)")
+    return check
 
 
 @dataclass(frozen=True)
@@ -173,6 +258,8 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[object, str], object]]] = {
     "mask": {"functions": _functions, "mechanisms": _mechanisms},
     "compat": {"advertise_keygen": _is_bool, "eddsa_keygen_alias": _is_bool},
     "policy": {"allow_functions": _functions},
+    "pool": {"members": _pool_members, "label": _token_text(32), "serial": _token_text(16),
+             "timeout_ms": _timeout_ms, "separate_modules": _is_bool},
 }
 
 _TABLE_LINE = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]")
@@ -241,9 +328,18 @@ def dumps(conf: Mapping[str, object]) -> str:
     """The TOML text of a configuration dict ``load`` accepts (top-level keys, then one level of
     tables): for tools and tests that write SC4DNSSEC_CONF files.  JSON's string, number, boolean
     and array syntax is valid TOML for the values the configuration uses."""
-    lines = [f"{k} = {json.dumps(v)}" for k, v in conf.items() if not isinstance(v, Mapping)]
+    lines = [f"{k} = {_toml(v)}" for k, v in conf.items() if not isinstance(v, Mapping)]
     for k, v in conf.items():
         if isinstance(v, Mapping):
             lines.append(f"[{k}]")
-            lines += [f"{kk} = {json.dumps(vv)}" for kk, vv in v.items()]
+            lines += [f"{kk} = {_toml(vv)}" for kk, vv in v.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    """JSON's spelling where it is TOML's; a table inside a list as a TOML inline table."""
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)

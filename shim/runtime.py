@@ -27,6 +27,7 @@ from shim.layers.base import Base
 from shim.layers.completion import Completion
 from shim.layers.fixups import Fixups
 from shim.layers.guard import Guard
+from shim.layers.pool import Pool
 from shim.peer import client_connection
 from shim.report import report
 
@@ -54,12 +55,19 @@ class Shim:
         )
         # The stack, bottom up.
         self.base = Base()
-        self.completion = Completion(self.base.table(), mask_functions=cfg.mask_functions,
+        card = self.base.table()
+        self.pool: Pool | None = None
+        if cfg.pool is not None:  # several cards as one token, between completion and the backend
+            self.pool = Pool(card, cfg.pool, default_module=lambda: cfg.backend,
+                             record=lambda kind, **f: self.auditor.record(kind, **f))
+            card = self.pool.table()
+        self.completion = Completion(card, mask_functions=cfg.mask_functions,
                                      mask_mechanisms=cfg.mask_mechanisms, advertise_keygen=cfg.advertise_keygen,
                                      eddsa_keygen_alias=cfg.eddsa_keygen_alias)
         self.fixups = Fixups(self.completion.table(), slot_of=self.completion.state.sessions.slot_of)
         self.guard = Guard(self.fixups.table(), allow=cfg.allow_functions, load_backend=self.load_backend,
-                           on_fork=(self.audit.after_fork, self.completion.reset))
+                           on_fork=(self.audit.after_fork, self.completion.reset,
+                                    *((self.pool.reset,) if self.pool is not None else ())))
         discovery = Noter()
         self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed",
                              discovery=discovery)
@@ -83,6 +91,10 @@ class Shim:
                                             "advertise_keygen": cfg.advertise_keygen,
                                             "eddsa_keygen_alias": cfg.eddsa_keygen_alias,
                                             "allow_functions": None if allow is None else sorted(allow),
+                                            **({"pool": {"label": cfg.pool.label, "serial": cfg.pool.serial,
+                                                         "members": [m.name for m in cfg.pool.members],
+                                                         "timeout_ms": int(cfg.pool.timeout_s * 1000)}}
+                                               if cfg.pool is not None else {}),
                                             # a remote card through p11-kit-client.so: which server
                                             **({"p11_kit_server_address": os.environ["P11_KIT_SERVER_ADDRESS"]}
                                                if os.environ.get("P11_KIT_SERVER_ADDRESS") else {})},

@@ -26,7 +26,7 @@ from typing import Any
 
 from shim import cabi
 from shim.audit.writer import AuditUnavailable, AuditWriter
-from shim.call import Call, Table
+from shim.call import Call, Table, enter
 from shim.constants import CKR, name_of
 from shim.discovery import NOTED_AT, Noter
 from shim.errors import PKCS11Error
@@ -109,6 +109,7 @@ class Audit:
         def entry(*args: Any) -> int:
             t0 = perf()
             call = Call(name)
+            enter(call)
             rv: int
             try:
                 summarise(args, call.args)

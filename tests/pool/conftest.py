@@ -1,0 +1,90 @@
+"""Virtual PIV cards holding the same keys, and the shim configured as a pool over them.
+
+The clones are made at personalisation, as an import would: card A gets the default keys, cards B
+and C the same private keys (each with its own serial, CHUID and certificate CN, so each is its own
+token to OpenSC); card D has keys of its own under the same CKA_IDs (PIV ids are fixed by slot).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sc4testkit.shimenv import ShimProcesses, shim_environment
+from shim.locate import module_path
+from virtualcard.harness import Harness, HarnessError, opensc_module
+from virtualcard.provision import provision_defaults, self_signed
+from virtualcard.state import CardState
+
+PIN = "123456"
+EC_ID = "01"
+
+
+@dataclass
+class PoolCards:
+    harness: Harness
+    labels: dict[str, str]  # "a".."d" -> token label
+    readers: dict[str, int]
+    states: dict[str, Path]
+
+    def pid(self, name: str) -> int:
+        return self.harness.cards[self.readers[name]].pid
+
+
+def _clone(source: CardState, state_dir: Path) -> CardState:
+    clone = CardState(state_dir)
+    clone.initialise()
+    for slot in source.slots_with_keys():
+        key = source.get_key(slot)
+        assert key is not None
+        clone.put_key(slot, key)
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        cn = f"virtualcard-{clone.counters.serial}" if slot == 0x9A else f"virtualcard clone {slot:02x}"
+        clone.put_certificate(slot, self_signed(key, cn).public_bytes(Encoding.DER))
+    return clone
+
+
+@pytest.fixture(scope="module")
+def pool_cards() -> Iterator[PoolCards]:
+    run = Path(tempfile.mkdtemp(prefix="vcard-p"))
+    h = Harness(run / "run", readers=4)
+    try:
+        h.start()
+    except (HarnessError, OSError) as e:
+        shutil.rmtree(run, ignore_errors=True)
+        pytest.skip(f"virtual card stack unavailable: {e}")
+    try:
+        a = CardState(run / "a")
+        provision_defaults(a)
+        states = {"a": a, "b": _clone(a, run / "b"), "c": _clone(a, run / "c")}
+        d = CardState(run / "d")
+        provision_defaults(d)
+        states["d"] = d
+        readers = {}
+        for name, st in states.items():
+            readers[name] = h.add_card(st.dir).reader
+        labels = {name: f"virtualcard-{st.counters.serial}" for name, st in states.items()}
+        yield PoolCards(h, labels, readers, {n: st.dir for n, st in states.items()})
+    finally:
+        h.stop()
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def pool_shim(workdir: Path, cards: PoolCards, names: list[str], **pool: Any) -> ShimProcesses:
+    """The shim in a child's environment, pooling the cards ``names`` (by token label)."""
+    conf = {"pool": {"label": "dnssec pool", "serial": "pool0001",
+                     "members": [{"name": n, "label": cards.labels[n]} for n in names], **pool}}
+    env, audit = shim_environment(workdir, opensc_module(), cards.harness.env, conf)
+    return ShimProcesses(module_path(), env, audit)
+
+
+def pool_events(shim: ShimProcesses, event: str | None = None) -> list[dict[str, Any]]:
+    return [r["args"] for r in shim.records()
+            if r["kind"] == "backend" and "pool" in (r["args"] or {}) and (event is None or r["args"]["pool"] == event)]
