@@ -32,7 +32,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,6 +69,49 @@ class PoolError(Exception):
     """The pool cannot start: the message says which members and keys."""
 
 
+class Worker:
+    """A member's threads.  Daemon threads, unlike ThreadPoolExecutor's: a call abandoned on a
+    hung card must not hold up the host's exit, which joins every executor thread."""
+
+    def __init__(self, name: str, size: int = 8) -> None:
+        self.name = name
+        self.size = size
+        self._q: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self._lock:
+            if self._idle <= 0 and len(self._threads) < self.size:
+                t = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
+                self._threads.append(t)
+                self._idle += 1
+                t.start()
+            self._idle -= 1
+        self._q.put((fut, fn))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            fut, fn = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the waiting caller
+                    fut.set_exception(e)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = False) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+
+
 @dataclass
 class Member:
     conf: PoolMember
@@ -80,7 +124,7 @@ class Member:
     reverse: dict[int, int] = field(default_factory=dict)  # member handle -> pool handle
     busy: int = 0
     next_probe: float = 0.0
-    executor: ThreadPoolExecutor | None = None
+    executor: Worker | None = None
 
     @property
     def name(self) -> str:
@@ -129,6 +173,7 @@ class Pool:
         self._consumer_pin: bytes | None = None
         self._bases: list[Base] = []
         self._copies: str | None = None
+        self._turn = 0
 
     # -- wiring ------------------------------------------------------------------------
     def table(self) -> Table:
@@ -193,7 +238,7 @@ class Pool:
                 table = self.below
                 identity = {"path": path}
             m = Member(conf, table, identity,
-                       executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"sc4pool-{conf.name}"))
+                       executor=Worker(f"sc4pool-{conf.name}"))
             self.members.append(m)
         if self._copies:
             shutil.rmtree(self._copies, ignore_errors=True)
@@ -321,7 +366,7 @@ class Pool:
         for m in self.members:
             if m.state == "absent" and m.next_probe <= now and m.executor is not None:
                 m.next_probe = now + 60.0  # until this probe ends
-                fut = m.executor.submit(self._rejoin, m)
+                fut = m.executor.submit(partial(self._rejoin, m))
                 fut.add_done_callback(lambda f: f.exception())
 
     def _rejoin(self, m: Member) -> None:
@@ -808,7 +853,10 @@ class Pool:
             holders = [m for m in self._up() if op.key in m.handles and m.name not in tried]
             if not holders:
                 raise PKCS11Error(CKR.DEVICE_REMOVED, "no member of the pool holding the key can sign")
-            m = min(holders, key=lambda x: x.busy)
+            # least busy; among equals, the next after the last chosen (round robin)
+            self._turn += 1
+            n = len(self.members)
+            m = min(holders, key=lambda x: (x.busy, (self.members.index(x) - self._turn) % n))
             m.busy += 1
             return m
 
