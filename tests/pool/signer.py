@@ -35,7 +35,7 @@ def main() -> int:
         todo = list(range(done, done + int(line)))
         done += len(todo)
 
-        def work(s: PyKCS11.Session, key: PyKCS11.CK_OBJECT_HANDLE) -> None:
+        def work(s: PyKCS11.Session, key: PyKCS11.CK_OBJECT_HANDLE, todo: list[int]) -> None:
             while True:
                 with lock:
                     if not todo:
@@ -50,7 +50,7 @@ def main() -> int:
                 with lock:
                     print(json.dumps(out), flush=True)
 
-        ts = [threading.Thread(target=work, args=sk) for sk in sessions]
+        ts = [threading.Thread(target=work, args=(*sk, todo)) for sk in sessions]
         for t in ts:
             t.start()
         for t in ts:

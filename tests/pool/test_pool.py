@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from sc4testkit.shimenv import ShimProcesses
 from tests.pool.conftest import PIN, PoolCards, pool_events, pool_shim
