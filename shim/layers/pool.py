@@ -45,7 +45,7 @@ from shim import cabi
 from shim.attributes import ulong
 from shim.call import INTERNAL, Call, LayerFn, Table, recorded
 from shim.config import PoolConfig, PoolMember
-from shim.constants import CKA, CKO, CKR, CKS, CKU, SessionFlag, SlotFlag, name_of
+from shim.constants import CKA, CKO, CKR, CKS, CKU, InitFlag, SessionFlag, SlotFlag, name_of
 from shim.errors import PKCS11Error
 from shim.layers.base import Base
 from shim.marshal import fill_text, read_bytes, read_mechanism, read_template, write_output
@@ -142,7 +142,8 @@ class SignOp:
     member: Member | None
     parts: bytearray = field(default_factory=bytearray)
     multipart: bool = False
-    cached: tuple[bytes, bytes] | None = None  # (data, signature) kept after a length query
+    active_on: int | None = None  # the member session whose SignInit has not been ended by a C_Sign
+    cached: tuple[bytes, bytes, str] | None = None  # (data, signature, member) kept after a length query
 
 
 @dataclass
@@ -172,6 +173,7 @@ class Pool:
         self.user: int | None = None
         self._consumer_pin: bytes | None = None
         self._bases: list[Base] = []
+        self._modules: list[Table] = []  # the member modules the pool initialised itself
         self._copies: str | None = None
         self._turn = 0
 
@@ -202,7 +204,7 @@ class Pool:
     # -- start and stop -----------------------------------------------------------------
     def initialize(self, call: Call, p_init_args: Any) -> int:
         call = recorded(call)
-        rv = self.below["C_Initialize"](call, p_init_args) if not self.config.separate_modules else CKR.OK
+        rv = self.below["C_Initialize"](call, p_init_args) if self._uses_below() else CKR.OK
         if rv not in (CKR.OK, CKR.CRYPTOKI_ALREADY_INITIALIZED):
             return int(rv)
         try:
@@ -216,27 +218,30 @@ class Pool:
         call.args["pool"] = {m.name: m.state for m in self.members}
         return CKR.OK
 
+    def _uses_below(self) -> bool:
+        """Does a member use the module below (the top-level backend, not a private copy)?"""
+        default = self._default_module()
+        return not self.config.separate_modules and any((c.module or default) == default
+                                                         for c in self.config.members)
+
     def _load_members(self, call: Call) -> None:
         self.members = []
         default = self._default_module()
+        shared: dict[str, Table] = {}
+        identity: dict[str, Any]
         for conf in self.config.members:
             path = conf.module or default
             if not path:
                 raise PoolError(f"member {conf.name}: no module (set backend or the member's module)")
-            if self.config.separate_modules:
-                base = Base()
-                backend = base.load(self._private_copy(path, conf.name), frozenset())
-                self._bases.append(base)
-                table = base.table()
-                args = cabi.ffi.new("CK_C_INITIALIZE_ARGS *")
-                args.flags = 0x2  # CKF_OS_LOCKING_OK
-                rv = table["C_Initialize"](INTERNAL, args)
-                if rv not in (CKR.OK, CKR.CRYPTOKI_ALREADY_INITIALIZED):
-                    raise PoolError(f"member {conf.name}: C_Initialize of {path} answered {_rv(rv)}")
-                identity = {"path": path, "deepbind": backend.deepbind}
+            if not self.config.separate_modules and path == default:
+                table, identity = self.below, {"path": path, "shared": True}
+            elif not self.config.separate_modules and path in shared:
+                table, identity = shared[path], {"path": path, "shared": True}
             else:
-                table = self.below
-                identity = {"path": path}
+                load_path = self._private_copy(path) if self.config.separate_modules else path
+                table, deepbind = self._load_module(conf.name, path, load_path)
+                shared[path] = table
+                identity = {"path": path, "deepbind": deepbind}
             m = Member(conf, table, identity,
                        executor=Worker(f"sc4pool-{conf.name}"))
             self.members.append(m)
@@ -244,7 +249,20 @@ class Pool:
             shutil.rmtree(self._copies, ignore_errors=True)
             self._copies = None
 
-    def _private_copy(self, path: str, name: str) -> str:
+    def _load_module(self, name: str, path: str, load_path: str) -> tuple[Table, bool]:
+        base = Base()
+        backend = base.load(load_path, frozenset())
+        self._bases.append(base)
+        table = base.table()
+        self._modules.append(table)
+        args = cabi.ffi.new("CK_C_INITIALIZE_ARGS *")
+        args.flags = InitFlag.OS_LOCKING_OK
+        rv = table["C_Initialize"](INTERNAL, args)
+        if rv not in (CKR.OK, CKR.CRYPTOKI_ALREADY_INITIALIZED):
+            raise PoolError(f"member {name}: C_Initialize of {path} answered {_rv(rv)}")
+        return table, backend.deepbind
+
+    def _private_copy(self, path: str) -> str:
         """A copy of the module in a directory only this process's user can write: loading the same
         path twice would return the same instance.  Removed once loaded (the mapping stays)."""
         if self._copies is None:
@@ -258,18 +276,20 @@ class Pool:
         self.sessions.clear()
         self.user = None
         self._consumer_pin = None
-        if not self.config.separate_modules:
+        if self._uses_below():
             return int(self.below["C_Finalize"](call, p_reserved))
         return CKR.OK
 
     def _stop_members(self) -> None:
+        hung = [m.table for m in self.members if m.state == "hung"]
         for m in self.members:
-            hung = m.state == "hung"
             if m.executor is not None:
                 m.executor.shutdown(wait=False)
-            if self.config.separate_modules and not hung:
+        for table in self._modules:
+            if not any(t is table for t in hung):
                 # A hung member's module still runs the abandoned call: it is left loaded and initialised.
-                m.fn("C_Finalize", cabi.NULL)
+                table["C_Finalize"](INTERNAL, cabi.NULL)
+        self._modules = []
         self.members = []
         self.objects.clear()
         self.pubkeys.clear()
@@ -823,16 +843,18 @@ class Pool:
             return CKR.ARGUMENTS_BAD
         if op.cached is not None and op.cached[0] == data:
             signature = op.cached[1]
-            call.args["member"] = "cached"
+            call.args["member"] = op.cached[2]
+            call.args["signed_at_length_query"] = True
         else:
             try:
                 signature = self._run_sign(call, s, op, data)
             except PKCS11Error:
                 self._end_sign(s)
                 raise
+        signer = str(call.args.get("member"))
         rv = write_output(p_sig, p_len, signature)
         if p_sig == cabi.NULL or rv == CKR.BUFFER_TOO_SMALL:
-            op.cached = (data, signature)  # the operation stays active: the signature is handed out next
+            op.cached = (data, signature, signer)  # the operation stays active: the signature is handed out next
             return rv
         self._end_sign(s)
         call.src = "card"
@@ -843,10 +865,21 @@ class Pool:
         if op is None:
             return
         s.sign = None
-        if op.member is not None:
+        m = op.member
+        if m is None:
+            return
+        with self.lock:
+            m.busy -= 1
+        op.member = None
+        if op.active_on is not None:
+            # Ended before a C_Sign reached the card: the member's operation is still active there;
+            # closing its session ends it, and the next use opens another.
             with self.lock:
-                op.member.busy -= 1
-            op.member = None
+                if s.members.get(m.name) == op.active_on:
+                    del s.members[m.name]
+            if m.state == "up":
+                m.fn("C_CloseSession", op.active_on)
+            op.active_on = None
 
     def _choose(self, op: SignOp, tried: set[str]) -> Member:
         with self.lock:
@@ -883,10 +916,12 @@ class Pool:
                 ms = self._member_session(m, s)
                 if fresh:
                     self._member_call(m, s, ms, "sign_init", op, None)
+                    op.active_on = ms
                 if data is None:
                     if failovers:
                         call.args["failover"] = failovers
                     return b""
+                op.active_on = None  # whatever C_Sign answers, it ends the member's operation
                 signature = self._member_call(m, s, ms, "sign", op, data)
                 verifier = Verifier(op.mechanism, op.parameter, public_key(self.pubkeys[self.key_id(op.key)][1]))
                 verifier.update(data)
