@@ -15,7 +15,7 @@ from bench import driver, machine, report
 from bench.modules import ways
 from bench.writeahead import log_counts
 
-SECTIONS = ("percall", "threads", "startup", "card", "bind", "writeahead", "profile", "remote")
+SECTIONS = ("percall", "threads", "startup", "card", "bind", "writeahead", "profile", "remote", "pool")
 
 
 @dataclass(frozen=True)
@@ -27,15 +27,16 @@ class Plan:
     startup_reps: int
     card_reps: int
     card_sigs: int
+    pool_sigs: int
     bind_reps: int
     bind_big: bool  # also 10,000 names
     wa_calls: int  # in-process calls per write-ahead sample (fsync none; 1/10 of it with fsync always)
 
 
 FULL = Plan(reps=7, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=15, card_reps=3, card_sigs=30,
-            bind_reps=5, bind_big=True, wa_calls=5000)
+            pool_sigs=160, bind_reps=5, bind_big=True, wa_calls=5000)
 QUICK = Plan(reps=3, n_sign=500, n_info=5000, thread_reps=1, startup_reps=5, card_reps=1, card_sigs=6,
-             bind_reps=1, bind_big=False, wa_calls=2000)
+             pool_sigs=40, bind_reps=1, bind_big=False, wa_calls=2000)
 CARD_LATENCY_MS = 100.0
 
 
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             r.remote = remote_rates(exe, hsm.module, hsm.env, hsm.pin, work / "remote", plan.reps,
                                     plan.n_sign // 4, plan.n_info // 10)
 
+        def pool() -> None:
+            from bench.pool import pool_rate
+
+            r.pool = pool_rate(exe, CARD_LATENCY_MS, plan.card_reps, plan.pool_sigs)
+            r.card_latency_ms = CARD_LATENCY_MS
+
         section("percall", percall)
         section("threads", threads)
         section("startup", startup)
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         section("writeahead", writeahead)
         section("profile", profile)
         section("remote", remote_)
+        section("pool", pool)
     finally:
         r.total_s = time.monotonic() - t_start
         r.load_end = machine.load()

@@ -85,6 +85,23 @@ def provision_defaults(state: CardState, profile: str = "fast") -> None:
             provision_slot(state, slot, spec, cn)
 
 
+def clone_piv(source: CardState, state_dir: str | os.PathLike[str]) -> CardState:
+    """A new PIV card holding ``source``'s private keys, as a key import at personalisation would
+    put them there: its own serial, CHUID and certificates (the 9A CN names the token, so OpenSC
+    tells the two apart).  For card pools (one key on several cards)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    clone = CardState(state_dir)
+    clone.initialise()
+    for slot in source.slots_with_keys():
+        key = source.get_key(slot)
+        assert key is not None
+        cn = f"virtualcard-{clone.counters.serial}" if slot == 0x9A else f"virtualcard clone key {slot:02x}"
+        clone.put_key(slot, key)
+        clone.put_certificate(slot, self_signed(key, cn).public_bytes(Encoding.DER))
+    return clone
+
+
 # -- SmartCard-HSM ---------------------------------------------------------------------------
 SCHSM_DEFAULT_KEYS: dict[str, tuple[int, str]] = {
     # name -> (key id, pkcs11-tool --key-type) for `virtualcard up --card sc-hsm`

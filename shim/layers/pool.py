@@ -125,6 +125,7 @@ class Member:
     busy: int = 0
     next_probe: float = 0.0
     executor: Worker | None = None
+    service_lock: threading.RLock = field(default_factory=threading.RLock)  # one user of the service session
 
     @property
     def name(self) -> str:
@@ -176,6 +177,7 @@ class Pool:
         self._modules: list[Table] = []  # the member modules the pool initialised itself
         self._copies: str | None = None
         self._turn = 0
+        self._login_lock = threading.Lock()
 
     # -- wiring ------------------------------------------------------------------------
     def table(self) -> Table:
@@ -403,6 +405,10 @@ class Pool:
     def _match(self, m: Member) -> None:
         """The member's objects under pool handles; a public key that differs from another
         member's under the same CKA_ID is a PoolError."""
+        with m.service_lock:
+            self._match_locked(m)
+
+    def _match_locked(self, m: Member) -> None:
         fn = _card(m)
         assert m.service is not None
         objs = find(fn, m.service, {})
@@ -656,10 +662,15 @@ class Pool:
         if pin is None:
             return CKR.PIN_INCORRECT
         buf = cabi.ffi.new("CK_UTF8CHAR[]", pin)
-        return m.fn("C_Login", m.service, user, buf, len(pin))
+        with m.service_lock:
+            return m.fn("C_Login", m.service, user, buf, len(pin))
 
     def login(self, call: Call, h: Any, user: Any, p_pin: Any, pin_len: Any) -> int:
         call = recorded(call)
+        with self._login_lock:  # threads logging in at once: one logs the members in, the others are told so
+            return self._login(call, h, user, p_pin, pin_len)
+
+    def _login(self, call: Call, h: Any, user: Any, p_pin: Any, pin_len: Any) -> int:
         self._session(h)
         if self.user is not None:
             return CKR.USER_ALREADY_LOGGED_IN
@@ -695,9 +706,10 @@ class Pool:
 
     def logout(self, call: Call, h: Any) -> int:
         self._session(h)
-        if self.user is None:
-            return CKR.USER_NOT_LOGGED_IN
-        self._logout_members()
+        with self._login_lock:
+            if self.user is None:
+                return CKR.USER_NOT_LOGGED_IN
+            self._logout_members()
         return CKR.OK
 
     def _logout_members(self) -> None:
@@ -705,7 +717,8 @@ class Pool:
             return
         for m in self.members:
             if m.state == "up" and m.service is not None:
-                m.fn("C_Logout", m.service)
+                with m.service_lock:
+                    m.fn("C_Logout", m.service)
         self.user = None
         self._consumer_pin = None
 

@@ -19,7 +19,7 @@ import pytest
 from sc4testkit.shimenv import ShimProcesses, shim_environment
 from shim.locate import module_path
 from virtualcard.harness import Harness, HarnessError, opensc_module
-from virtualcard.provision import provision_defaults, self_signed
+from virtualcard.provision import clone_piv, provision_defaults
 from virtualcard.state import CardState
 
 PIN = "123456"
@@ -37,20 +37,6 @@ class PoolCards:
         return self.harness.cards[self.readers[name]].pid
 
 
-def _clone(source: CardState, state_dir: Path) -> CardState:
-    clone = CardState(state_dir)
-    clone.initialise()
-    for slot in source.slots_with_keys():
-        key = source.get_key(slot)
-        assert key is not None
-        clone.put_key(slot, key)
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        cn = f"virtualcard-{clone.counters.serial}" if slot == 0x9A else f"virtualcard clone {slot:02x}"
-        clone.put_certificate(slot, self_signed(key, cn).public_bytes(Encoding.DER))
-    return clone
-
-
 @pytest.fixture(scope="module")
 def pool_cards() -> Iterator[PoolCards]:
     run = Path(tempfile.mkdtemp(prefix="vcard-p"))
@@ -63,7 +49,7 @@ def pool_cards() -> Iterator[PoolCards]:
     try:
         a = CardState(run / "a")
         provision_defaults(a)
-        states = {"a": a, "b": _clone(a, run / "b"), "c": _clone(a, run / "c")}
+        states = {"a": a, "b": clone_piv(a, run / "b"), "c": clone_piv(a, run / "c")}
         d = CardState(run / "d")
         provision_defaults(d)
         states["d"] = d
