@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,13 @@ class PoolCards:
         return self.harness.cards[self.readers[name]].pid
 
 
-@pytest.fixture(scope="module")
-def pool_cards() -> Iterator[PoolCards]:
-    run = Path(tempfile.mkdtemp(prefix="vcard-p"))
+@contextmanager
+def started_cards(run: Path, latency_ms: float | None = None) -> Iterator[PoolCards]:
+    """Cards a, b, c (clones) and d (keys of its own) in a private pcscd under ``run``."""
     h = Harness(run / "run", readers=4)
     try:
         h.start()
     except (HarnessError, OSError) as e:
-        shutil.rmtree(run, ignore_errors=True)
         pytest.skip(f"virtual card stack unavailable: {e}")
     try:
         a = CardState(run / "a")
@@ -53,13 +53,20 @@ def pool_cards() -> Iterator[PoolCards]:
         d = CardState(run / "d")
         provision_defaults(d)
         states["d"] = d
-        readers = {}
-        for name, st in states.items():
-            readers[name] = h.add_card(st.dir).reader
+        readers = {name: h.add_card(st.dir, latency_ms=latency_ms).reader for name, st in states.items()}
         labels = {name: f"virtualcard-{st.counters.serial}" for name, st in states.items()}
         yield PoolCards(h, labels, readers, {n: st.dir for n, st in states.items()})
     finally:
         h.stop()
+
+
+@pytest.fixture(scope="module")
+def pool_cards() -> Iterator[PoolCards]:
+    run = Path(tempfile.mkdtemp(prefix="vcard-p"))  # short: AF_UNIX paths are limited
+    try:
+        with started_cards(run) as cards:
+            yield cards
+    finally:
         shutil.rmtree(run, ignore_errors=True)
 
 
