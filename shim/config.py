@@ -317,6 +317,9 @@ def check(path: str) -> list[Problem]:
                 validate(v, setting)
             except ConfigError as e:
                 problems.append(Problem(path, line, setting, str(e).removeprefix(f"{setting}: ")))
+    pool = data.get("pool")
+    if isinstance(pool, dict) and "members" not in pool:
+        problems.append(Problem(path, lines.get(("pool", "")), "[pool] members", "missing (the cards of the pool)"))
     backend = data.get("backend")
     if isinstance(backend, str) and backend and not os.path.isfile(backend):
         problems.append(Problem(path, lines.get(("", "backend")), "backend", f"{backend} does not exist here",

@@ -85,15 +85,15 @@ def provision_defaults(state: CardState, profile: str = "fast") -> None:
             provision_slot(state, slot, spec, cn)
 
 
-def clone_piv(source: CardState, state_dir: str | os.PathLike[str]) -> CardState:
+def clone_piv(source: CardState, state_dir: str | os.PathLike[str], slots: list[int] | None = None) -> CardState:
     """A new PIV card holding ``source``'s private keys, as a key import at personalisation would
     put them there: its own serial, CHUID and certificates (the 9A CN names the token, so OpenSC
-    tells the two apart).  For card pools (one key on several cards)."""
+    tells the two apart).  For card pools (one key on several cards); ``slots`` copies some keys only."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     clone = CardState(state_dir)
     clone.initialise()
-    for slot in source.slots_with_keys():
+    for slot in source.slots_with_keys() if slots is None else slots:
         key = source.get_key(slot)
         assert key is not None
         cn = f"virtualcard-{clone.counters.serial}" if slot == 0x9A else f"virtualcard clone key {slot:02x}"

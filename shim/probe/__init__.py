@@ -71,6 +71,42 @@ def _child(module: str, env: dict[str, str], request: dict[str, Any], user: str 
     return json.loads(lines[-1]), stderr
 
 
+def _pool_events(path: str) -> list[dict[str, Any]]:
+    """The card pool's events (``backend`` records with a ``pool`` member) of the probe's run."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("kind") == "backend" and isinstance(rec.get("args"), dict) and "pool" in rec["args"]:
+                    out.append(rec["args"])
+    except OSError:
+        pass
+    return out
+
+
+def _pool_report(events: list[dict[str, Any]], warn: list[checks.Finding]) -> dict[str, Any]:
+    """Each member's last state, and the private keys only some members hold (from the last login's
+    picture): what an operator must know before trusting the pool to fail over."""
+    members: dict[str, str] = {}
+    partial: list[dict[str, Any]] = []
+    for e in events:
+        if e.get("member") and e["pool"] in ("join", "leave", "timeout", "refused"):
+            members[str(e["member"])] = {"join": "up", "leave": "absent", "timeout": "hung"}.get(e["pool"], "refused")
+        if e["pool"] == "partial_keys":
+            partial = list(e.get("keys", []))
+    for k in partial:
+        warn.append(checks.Finding("pool", f"key id {k['id']} is on members {', '.join(k['on']) or 'none'} only: "
+                                           "the others cannot take over its signatures"))
+    for name, state in members.items():
+        if state != "up":
+            warn.append(checks.Finding("pool", f"member {name} is {state}"))
+    return {"members": members, "partial_keys": partial}
+
+
 def _audit_calls(path: str) -> list[dict[str, Any]]:
     out = []
     try:
@@ -256,11 +292,14 @@ def _run(opts: Options, warn: list[checks.Finding]) -> dict[str, Any]:
         child, stderr = _child(request["module"], env, request, user, workdir)
         request["pin"] = None
         calls = _audit_calls(audit)
+        pool_events = _pool_events(audit)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if pin is not None:
         stderr = stderr.replace(pin, "<pin>")
     report["initialize"] = child.get("initialize") or child.get("load_error") or child.get("error")
+    if conf.pool is not None:
+        report["pool"] = _pool_report(pool_events, warn)
     if child.get("initialize") != "CKR_OK":
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else report["initialize"]
         warn.append(checks.Finding("backend", f"the backend did not start through the shim: {detail}"))
@@ -356,6 +395,11 @@ def render(report: dict[str, Any]) -> str:
             desc = f"token {tok['label']!r} ({tok['manufacturer']} {tok['model']}, serial {tok['serial']})" \
                 if tok else "no token"
             out.append(f"  {s['id']}: {s['description']}: {desc}" + ("  <- probed" if s["chosen"] else ""))
+    pool = report.get("pool")
+    if pool:
+        out.append("\ncard pool: " + ", ".join(f"{n} {st}" for n, st in pool["members"].items()))
+        for k in pool["partial_keys"]:
+            out.append(f"  key id {k['id']} only on {', '.join(k['on']) or 'no member'}")
     if report["keys"]:
         out.append("\nkeys")
         for k in report["keys"]:

@@ -40,7 +40,8 @@ class PoolCards:
 
 @contextmanager
 def started_cards(run: Path, latency_ms: float | None = None) -> Iterator[PoolCards]:
-    """Cards a, b, c (clones) and d (keys of its own) in a private pcscd under ``run``."""
+    """Cards a and b (the same keys), c (a's EC key only) and d (keys of its own under the same
+    CKA_IDs) in a private pcscd under ``run``."""
     h = Harness(run / "run", readers=4)
     try:
         h.start()
@@ -49,7 +50,7 @@ def started_cards(run: Path, latency_ms: float | None = None) -> Iterator[PoolCa
     try:
         a = CardState(run / "a")
         provision_defaults(a)
-        states = {"a": a, "b": clone_piv(a, run / "b"), "c": clone_piv(a, run / "c")}
+        states = {"a": a, "b": clone_piv(a, run / "b"), "c": clone_piv(a, run / "c", slots=[0x9A])}
         d = CardState(run / "d")
         provision_defaults(d)
         states["d"] = d

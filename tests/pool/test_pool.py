@@ -176,3 +176,17 @@ def test_all_members_pulled_is_a_clean_error_without_a_hang(pool_cards: PoolCard
             pool_cards.harness.insert(pool_cards.readers[name])
     signer.close()
     assert [r.get("error") for r in after] == ["CKR_DEVICE_REMOVED"] * 3, after
+
+
+def test_a_key_on_some_members_only_is_reported_at_start_and_by_probe(pool_cards: PoolCards,
+                                                                      tmp_path: Path) -> None:
+    shim = pool_shim(tmp_path, pool_cards, ["a", "b", "c"])
+    pin = tmp_path / "pin"
+    pin.write_text(PIN)
+    out = shim.run(["sc4dnssec", "probe", "--pin-source", str(pin), "--json"], check=False,
+                   extra_env={"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
+    report = json.loads(out.stdout)
+    assert report["pool"]["members"] == {"a": "up", "b": "up", "c": "up"}, report.get("pool")
+    rsa_id = next(k["id"] for k in report["keys"] if k["class"] == "private key" and k["type"] == "RSA")
+    assert {k["id"]: k["on"] for k in report["pool"]["partial_keys"]} == {rsa_id: ["a", "b"]}
+    assert any(w["code"] == "pool" and rsa_id in w["message"] for w in report["warnings"]), report["warnings"]
