@@ -1,64 +1,16 @@
-"""Virtual PIV cards holding the same keys, and the shim configured as a pool over them.
-
-The clones are made at personalisation, as an import would: card A gets the default keys, cards B
-and C the same private keys (each with its own serial, CHUID and certificate CN, so each is its own
-token to OpenSC); card D has keys of its own under the same CKA_IDs (PIV ids are fixed by slot).
-"""
+"""The cards of sc4testkit.pool, once per module, in a private pcscd."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from sc4testkit.shimenv import ShimProcesses, shim_environment
-from shim.locate import module_path
-from virtualcard.harness import Harness, HarnessError, opensc_module
-from virtualcard.provision import clone_piv, provision_defaults
-from virtualcard.state import CardState
-
-PIN = "123456"
-EC_ID = "01"
-
-
-@dataclass
-class PoolCards:
-    harness: Harness
-    labels: dict[str, str]  # "a".."d" -> token label
-    readers: dict[str, int]
-    states: dict[str, Path]
-
-    def pid(self, name: str) -> int:
-        return self.harness.cards[self.readers[name]].pid
-
-
-@contextmanager
-def started_cards(run: Path, latency_ms: float | None = None) -> Iterator[PoolCards]:
-    """Cards a and b (the same keys), c (a's EC key only) and d (keys of its own under the same
-    CKA_IDs) in a private pcscd under ``run``."""
-    h = Harness(run / "run", readers=4)
-    try:
-        h.start()
-    except (HarnessError, OSError) as e:
-        pytest.skip(f"virtual card stack unavailable: {e}")
-    try:
-        a = CardState(run / "a")
-        provision_defaults(a)
-        states = {"a": a, "b": clone_piv(a, run / "b"), "c": clone_piv(a, run / "c", slots=[0x9A])}
-        d = CardState(run / "d")
-        provision_defaults(d)
-        states["d"] = d
-        readers = {name: h.add_card(st.dir, latency_ms=latency_ms).reader for name, st in states.items()}
-        labels = {name: f"virtualcard-{st.counters.serial}" for name, st in states.items()}
-        yield PoolCards(h, labels, readers, {n: st.dir for n, st in states.items()})
-    finally:
-        h.stop()
+from sc4testkit.pool import PoolCards, started_cards
+from virtualcard.harness import HarnessError
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +19,7 @@ def pool_cards() -> Iterator[PoolCards]:
     try:
         with started_cards(run) as cards:
             yield cards
+    except HarnessError as e:
+        pytest.skip(f"virtual card stack unavailable: {e}")
     finally:
         shutil.rmtree(run, ignore_errors=True)
-
-
-def pool_shim(workdir: Path, cards: PoolCards, names: list[str], **pool: Any) -> ShimProcesses:
-    """The shim in a child's environment, pooling the cards ``names`` (by token label)."""
-    conf = {"pool": {"label": "dnssec pool", "serial": "pool0001",
-                     "members": [{"name": n, "label": cards.labels[n]} for n in names], **pool}}
-    env, audit = shim_environment(workdir, opensc_module(), cards.harness.env, conf)
-    return ShimProcesses(module_path(), env, audit)
-
-
-def pool_events(shim: ShimProcesses, event: str | None = None) -> list[dict[str, Any]]:
-    return [r["args"] for r in shim.records()
-            if r["kind"] == "backend" and "pool" in (r["args"] or {}) and (event is None or r["args"]["pool"] == event)]

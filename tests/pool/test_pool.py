@@ -14,8 +14,9 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from sc4testkit.pool import PIN, PoolCards, pool_shim
+from sc4testkit.pool import pool_events as _events
 from sc4testkit.shimenv import ShimProcesses
-from tests.pool.conftest import PIN, PoolCards, pool_events, pool_shim
 from virtualcard.state import CardState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,10 +75,10 @@ def _wait_for(shim: ShimProcesses, event: str, member: str, count: int = 1) -> N
     """Until the audit log has ``count`` such pool events (an abandoned call answers in the card's
     own time; a rejoin runs in the member's worker)."""
     for _ in range(600):
-        if sum(e.get("member") == member for e in pool_events(shim, event)) >= count:
+        if sum(e.get("member") == member for e in _pool_events(shim, event)) >= count:
             return
         time.sleep(0.1)
-    raise AssertionError(f"no {event} of {member}: {pool_events(shim)}")
+    raise AssertionError(f"no {event} of {member}: {_pool_events(shim)}")
 
 
 def test_pkcs11_tool_sees_one_token_and_signs_through_the_pool(pool_cards: PoolCards, tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_pkcs11_tool_sees_one_token_and_signs_through_the_pool(pool_cards: PoolC
     shim.run(["pkcs11-tool", "--module", shim.module, "-l", "--pin", PIN, "--sign", "-m", "ECDSA", "--id", "01",
               "-i", str(data), "-o", str(sig)])
     _verify(_ec_key(pool_cards, "a"), {"sig": sig.read_bytes().hex(), "digest": data.read_bytes().hex()})
-    joins = pool_events(shim, "join")
+    joins = _pool_events(shim, "join")
     assert {j["member"] for j in joins} >= {"a", "b"}
     signs = shim.calls("C_Sign")
     assert signs and all(r["args"]["member"] in ("a", "b") for r in signs), signs
@@ -115,8 +116,8 @@ def test_a_member_pulled_mid_run_is_failed_over(pool_cards: PoolCards, tmp_path:
     for r in results:
         _verify(key, r)
     # a pulled virtual card leaves OpenSC's call in flight waiting (no answer): timeout, or leave
-    gone = [e for e in pool_events(shim) if e["pool"] in ("leave", "timeout") and e["member"] == "b"]
-    assert gone, pool_events(shim)
+    gone = [e for e in _pool_events(shim) if e["pool"] in ("leave", "timeout") and e["member"] == "b"]
+    assert gone, _pool_events(shim)
     failovers = [r for r in shim.calls() if r["args"].get("failover")]
     assert failovers
     for r in failovers:
@@ -146,10 +147,10 @@ def test_a_member_hung_with_sigstop_is_set_aside_and_rejoins_when_it_answers(poo
     assert [r for r in results if "error" in r] == []
     for r in results:
         _verify(key, r)
-    assert [t["member"] for t in pool_events(shim, "timeout")] == ["c"], pool_events(shim)
+    assert [t["member"] for t in _pool_events(shim, "timeout")] == ["c"], _pool_events(shim)
     failed_over = [r for r in shim.calls() if any(f["member"] == "c" for f in r["args"].get("failover", []))]
     assert failed_over and all(r["rv"] == "CKR_OK" for r in failed_over)
-    rejoined = [e for e in pool_events(shim, "join") if e["member"] == "c"]
+    rejoined = [e for e in _pool_events(shim, "join") if e["member"] == "c"]
     assert len(rejoined) == 2  # at start, and after it answered (logged in again, keys matched again)
     assert "c" in {r["args"]["member"] for r in shim.calls("C_Sign")[mark:]}
 
@@ -190,3 +191,7 @@ def test_a_key_on_some_members_only_is_reported_at_start_and_by_probe(pool_cards
     rsa_id = next(k["id"] for k in report["keys"] if k["class"] == "private key" and k["type"] == "RSA")
     assert {k["id"]: k["on"] for k in report["pool"]["partial_keys"]} == {rsa_id: ["a", "b"]}
     assert any(w["code"] == "pool" and rsa_id in w["message"] for w in report["warnings"]), report["warnings"]
+
+
+def _pool_events(shim: ShimProcesses, event: str | None = None) -> list[dict[str, Any]]:
+    return _events(shim.records(), event)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from sc4testkit.pool import PIN, PoolCards, pool_events, started_cards
 from sc4testkit.trixie import Shim, Trixie
 from shim.config import dumps
-from tests.bind.conftest import shim, trixie  # noqa: F401 - the session fixtures of the BIND suite
-from tests.bind.zones import write_zone
-from tests.pool.conftest import PIN, PoolCards, started_cards
+
+from .zones import write_zone
 
 pytestmark = pytest.mark.bind
 
@@ -36,8 +36,8 @@ def _card_signatures(audit: Path) -> int:
                if '"src":"card"' in line and '"rv":"CKR_OK"' in line)
 
 
-def test_signzone_through_the_pool_survives_a_pulled_member(bind_cards: PoolCards, trixie: Trixie,  # noqa: F811
-                                                            shim: Shim, tmp_path: Path) -> None:  # noqa: F811
+def test_signzone_through_the_pool_survives_a_pulled_member(bind_cards: PoolCards, trixie: Trixie, shim: Shim,
+                                                            tmp_path: Path) -> None:
     work = tmp_path.resolve()
     (work / "pin").write_text(PIN)
     conf = work / "sc4dnssec.toml"
@@ -75,7 +75,7 @@ def test_signzone_through_the_pool_survives_a_pulled_member(bind_cards: PoolCard
     verdict = trixie.run(["dnssec-verify", "-z", "-o", ORIGIN, "zone.db.signed"], cwd=work, check=False)
     assert verdict.returncode == 0 and "Zone fully signed" in verdict.stdout + verdict.stderr, verdict.explain()
     records = [json.loads(line) for line in audit.read_text().splitlines()]
-    events = [r["args"] for r in records if r["kind"] == "backend" and "pool" in (r["args"] or {})]
+    events = pool_events(records)
     assert any(e["pool"] in ("leave", "timeout") and e["member"] == "b" for e in events), events
     failed_over = [r for r in records if r["kind"] == "call" and r["args"].get("failover")]
     assert failed_over and all(r["rv"] == "CKR_OK" for r in failed_over), failed_over[:3]
