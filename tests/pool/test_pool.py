@@ -124,6 +124,34 @@ def test_a_member_pulled_mid_run_is_failed_over(pool_cards: PoolCards, tmp_path:
         assert r["rv"] == "CKR_OK" and r["args"]["member"] in ("a", "c"), r
 
 
+def test_a_member_pulled_between_signatures_leaves_and_rejoins_after_reinsertion(pool_cards: PoolCards,
+                                                                                 tmp_path: Path) -> None:
+    shim = pool_shim(tmp_path, pool_cards, ["a", "b"], timeout_ms=3000)
+    key = _ec_key(pool_cards, "a")
+    signer = Signer(shim)
+    signer.batch(4)
+    b = pool_cards.readers["b"]
+    pool_cards.harness.remove(b)
+    try:
+        signer.batch(4)
+        assert [e["member"] for e in _pool_events(shim) if e["pool"] in ("leave", "timeout")] == ["b"]
+    finally:
+        pool_cards.harness.insert(b)
+    for _ in range(600):  # each signature is a routing decision: the member that left is asked again
+        signer.batch(1)
+        if sum(e["member"] == "b" for e in _pool_events(shim, "join")) == 2:
+            break
+    else:
+        raise AssertionError(f"b did not rejoin: {_pool_events(shim)}")
+    mark = len(shim.calls("C_Sign"))
+    signer.batch(4)
+    signer.close()
+    assert [r for r in signer.results if "error" in r] == []
+    for r in signer.results:
+        _verify(key, r)
+    assert "b" in {r["args"]["member"] for r in shim.calls("C_Sign")[mark:]}  # round robin: b signs again
+
+
 def test_a_member_hung_with_sigstop_is_set_aside_and_rejoins_when_it_answers(pool_cards: PoolCards,
                                                                            tmp_path: Path) -> None:
     shim = pool_shim(tmp_path, pool_cards, ["a", "b", "c"], timeout_ms=1500)
