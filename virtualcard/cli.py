@@ -19,7 +19,7 @@ from pathlib import Path
 from .cardinfo import discover_keys
 from .harness import Harness, HarnessError, opensc_module, pid_alive
 from .profiles import PROFILES
-from .provision import provision_defaults, provision_schsm, provision_slot
+from .provision import clone_piv, provision_defaults, provision_schsm, provision_slot
 from .schsm import HSMState
 from .state import CardState
 
@@ -136,6 +136,25 @@ def cmd_provision(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clone(a: argparse.Namespace) -> int:
+    """Start COUNT more PIV cards with the running card's keys in its pcscd (a card pool)."""
+    state_dir = Path(a.state_dir).resolve()
+    h = _harness(state_dir)
+    if HSMState.is_schsm(state_dir):
+        raise HarnessError("clone works on a PIV card (a SmartCard-HSM clones through DKEK: sc-hsm-tool)")
+    source = CardState(state_dir)
+    labels, readers = [], []
+    for i in range(1, a.count + 1):
+        clone_dir = state_dir / "clones" / f"card{i}"
+        clone = CardState(clone_dir) if CardState(clone_dir).initialised else clone_piv(source, clone_dir)
+        card = h.add_card(clone_dir, latency_ms=a.latency_ms)
+        labels.append(f"virtualcard-{clone.counters.serial}")
+        readers.append(str(card.reader))
+    sys.stdout.write(f"export VIRTUALCARD_CLONE_LABELS={shlex.quote(' '.join(labels))}\n"
+                     f"export VIRTUALCARD_CLONE_READERS={shlex.quote(' '.join(readers))}\n")
+    return 0
+
+
 def cmd_remove(a: argparse.Namespace) -> int:
     _harness(Path(a.state_dir).resolve()).remove(a.reader)
     return 0
@@ -225,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         p = add(name, fn, f"{name} the card at run time")
         p.add_argument("--reader", type=int, default=0)
     add("status", cmd_status, "processes, readers, PIN counters")
+    p = add("clone", cmd_clone, "start more PIV cards with this card's keys in its pcscd (card pool); print exports")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--latency-ms", type=float, default=None, help="delay per private-key operation")
     a = ap.parse_args(argv)
     try:
         return int(a.fn(a))
