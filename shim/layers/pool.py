@@ -144,6 +144,7 @@ class SignOp:
     parts: bytearray = field(default_factory=bytearray)
     multipart: bool = False
     active_on: int | None = None  # the member session whose SignInit has not been ended by a C_Sign
+    session: int | None = None  # the member session of the SignInit
     cached: tuple[bytes, bytes, str] | None = None  # (data, signature, member) kept after a length query
 
 
@@ -884,6 +885,7 @@ class Pool:
         with self.lock:
             m.busy -= 1
         op.member = None
+        op.session = None
         if op.active_on is not None:
             # Ended before a C_Sign reached the card: the member's operation is still active there;
             # closing its session ends it, and the next use opens another.
@@ -926,10 +928,16 @@ class Pool:
                 fresh = False
             call.args["member"] = m.name
             try:
-                ms = self._member_session(m, s)
                 if fresh:
+                    ms = self._member_session(m, s)
                     self._member_call(m, s, ms, "sign_init", op, None)
-                    op.active_on = ms
+                    op.active_on = op.session = ms
+                else:
+                    # the member session of the SignInit (another thread's failure may have made the
+                    # member leave and dropped the session's mapping meanwhile)
+                    if m.state != "up" or op.session is None:
+                        raise _Failover(f"member {m.state} since C_SignInit")
+                    ms = op.session
                 if data is None:
                     if failovers:
                         call.args["failover"] = failovers
@@ -949,18 +957,23 @@ class Pool:
             except _Failover as f:
                 failovers.append({"member": m.name, "why": str(f)})
             except PKCS11Error as e:
-                if e.rv not in FAILOVER:
+                if e.rv == CKR.OPERATION_NOT_INITIALIZED and not fresh:
+                    # the pool holds the operation as initialised: the member lost it (its session
+                    # ended under it); the operation is done again elsewhere, the member stays
+                    failovers.append({"member": m.name, "why": "operation lost on the member"})
+                elif e.rv not in FAILOVER:
                     with self.lock:
                         m.busy -= 1
                     op.member = None
                     if failovers:
                         call.args["failover"] = failovers
                     raise
-                failovers.append({"member": m.name, "why": _rv(e.rv)})
-                self._leave(m, f"answered {_rv(e.rv)}")
+                else:
+                    failovers.append({"member": m.name, "why": _rv(e.rv)})
+                    self._leave(m, f"answered {_rv(e.rv)}")
             with self.lock:
                 m.busy -= 1
-            op.member = None
+            op.member = op.session = None
             tried.add(m.name)
             self.event("failover", m, fn=call.fn, why=failovers[-1]["why"])
 
