@@ -12,9 +12,8 @@ import pytest
 
 from sc4testkit.pool import PIN, PoolCards, pool_events, started_cards
 from sc4testkit.trixie import Shim, Trixie
+from sc4testkit.zones import write_zone
 from shim.config import dumps
-
-from .zones import write_zone
 
 pytestmark = pytest.mark.bind
 
