@@ -45,6 +45,7 @@ class Config:
     advertise_keygen: bool = True
     eddsa_keygen_alias: bool = True
     allow_functions: frozenset[str] | None = None
+    ceremony_window: str | None = None
     source: str = "defaults"
     raw: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
@@ -108,6 +109,9 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     if backend is not None and not isinstance(backend, str):
         raise ConfigError("backend: expected a path")
     allow = policy.get("allow_functions")
+    window = policy.get("ceremony_window")
+    if window is not None and (not isinstance(window, str) or not window):
+        raise ConfigError("[policy] ceremony_window: expected a path")
     return Config(
         backend=backend or None,
         audit_path=env.get("SC4DNSSEC_AUDIT_LOG") or str(audit.get("path") or default_audit_path(env)),
@@ -122,6 +126,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         advertise_keygen=bool(compat.get("advertise_keygen", True)),
         eddsa_keygen_alias=bool(compat.get("eddsa_keygen_alias", True)),
         allow_functions=None if allow is None else _functions(allow, "[policy] allow_functions"),
+        ceremony_window=window,
         source=source,
         raw=data,
     )
@@ -172,7 +177,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[object, str], object]]] = {
     },
     "mask": {"functions": _functions, "mechanisms": _mechanisms},
     "compat": {"advertise_keygen": _is_bool, "eddsa_keygen_alias": _is_bool},
-    "policy": {"allow_functions": _functions},
+    "policy": {"allow_functions": _functions, "ceremony_window": _is_str},
 }
 
 _TABLE_LINE = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]")

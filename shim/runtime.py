@@ -18,6 +18,7 @@ from shim import config as config_mod
 from shim.audit.schema import DISCOVERY
 from shim.audit.writer import AuditWriter
 from shim.backend import Backend
+from shim.ceremony.policy import Window
 from shim.constants import CKR
 from shim.discovery import Noter
 from shim.errors import PKCS11Error
@@ -59,7 +60,8 @@ class Shim:
                                      eddsa_keygen_alias=cfg.eddsa_keygen_alias)
         self.fixups = Fixups(self.completion.table(), slot_of=self.completion.state.sessions.slot_of)
         self.guard = Guard(self.fixups.table(), allow=cfg.allow_functions, load_backend=self.load_backend,
-                           on_fork=(self.audit.after_fork, self.completion.reset))
+                           on_fork=(self.audit.after_fork, self.completion.reset),
+                           window=Window(cfg.ceremony_window) if cfg.ceremony_window else None)
         discovery = Noter()
         self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed",
                              discovery=discovery)
@@ -83,6 +85,8 @@ class Shim:
                                             "advertise_keygen": cfg.advertise_keygen,
                                             "eddsa_keygen_alias": cfg.eddsa_keygen_alias,
                                             "allow_functions": None if allow is None else sorted(allow),
+                                            **({"ceremony_window": cfg.ceremony_window}
+                                               if cfg.ceremony_window else {}),
                                             # a remote card through p11-kit-client.so: which server
                                             **({"p11_kit_server_address": os.environ["P11_KIT_SERVER_ADDRESS"]}
                                                if os.environ.get("P11_KIT_SERVER_ADDRESS") else {})},
