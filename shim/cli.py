@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     from shim.audit import cli as audit_cli
 
     audit_cli.register(sub)
+    from shim.ceremony import cli as ceremony_cli
+
+    ceremony_cli.register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -43,11 +43,12 @@ LIFECYCLE: frozenset[str] = frozenset({"C_Initialize", "C_Finalize", "C_GetInfo"
                                        "C_GetInterfaceList", "C_GetInterface"}) & frozenset(BY_NAME)
 
 #: The ceremony's steps in order, each with the functions it needs through the shim.  Steps 1 and
-#: 3 change the card through sc-hsm-tool (no PKCS#11): through the shim they only read.
+#: 3 change the card through sc-hsm-tool (no PKCS#11): through the shim they read, and step 3 has
+#: each clone sign a challenge with the unwrapped KSK (the proof that the clone holds the key).
 STEPS: dict[str, frozenset[str]] = {
     "init-cards": READ,
     "generate-ksk": READ | {"C_GenerateKeyPair"},
-    "backup": READ,
+    "backup": READ | {"C_SignInit", "C_Sign"},
     "zsk-keygen": READ | RANDOM,
     "sign-ksr": READ | RANDOM | USE_KEY,
     "export-ds": READ,
