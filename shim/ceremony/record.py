@@ -63,11 +63,18 @@ table { border-collapse: collapse; width: 100%; } td, th { border: 1px solid #99
   vertical-align: top; text-align: left; } th { background: #eee; }
 .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 8pt; word-break: break-all; }
 .sig td { height: 13mm; } .small { font-size: 8pt; color: #444; }
+h2 { break-after: avoid; } tr { break-inside: avoid; } section { break-inside: avoid; }
+td.t { font-size: 8pt; white-space: nowrap; }
 """
 
 
 def _e(v: object) -> str:
     return html.escape("" if v is None else str(v))
+
+
+def _ts(v: str | None) -> str:
+    """A UTC timestamp on two lines (date, time), so the steps table keeps its room for the text."""
+    return _e(v).replace("T", "<br>", 1) if v else ""
 
 
 def render_html(f: dict[str, Any]) -> str:
@@ -81,32 +88,34 @@ def render_html(f: dict[str, Any]) -> str:
     for p in f["participants"]:
         add(f"<tr><td>{_e(p['role'])}</td><td>{_e(p['name'])}</td><td></td></tr>")
     add("</table>")
-    add("<h2>Steps</h2><table><tr><th>#</th><th>Step</th><th>Status</th><th>Started</th><th>Finished</th>"
-        "<th>Audit seq</th><th>Initials</th></tr>")
+    add("<h2>Steps</h2><table><colgroup><col style='width:4%'><col style='width:46%'><col style='width:8%'>"
+        "<col style='width:13%'><col style='width:13%'><col style='width:7%'><col style='width:9%'></colgroup>"
+        "<tr><th>#</th><th>Step</th><th>Status</th><th>Started</th><th>Finished</th><th>Audit seq</th>"
+        "<th>Initials</th></tr>")
     for s in f["steps"]:
         seq = f"{s['seq'][0]}&ndash;{s['seq'][1]}" if s["seq"] else "none"
         runs = f" ({s['runs']} runs: resumed)" if s["runs"] > 1 else ""
         notes = "".join(f"<br><span class=small>{_e(n)}</span>" for n in s["notes"])
         add(f"<tr><td>{s['n']}</td><td><b>{_e(s['name'])}</b><br><span class=small>"
             f"{_e(DESCRIPTIONS.get(s['name'], ''))}</span>{notes}</td><td>{_e(s['status'])}{runs}</td>"
-            f"<td>{_e(s['started'])}</td><td>{_e(s['finished'])}</td><td>{seq}</td><td></td></tr>")
+            f"<td class=t>{_ts(s['started'])}</td><td class=t>{_ts(s['finished'])}</td><td>{seq}</td><td></td></tr>")
     add("</table>")
-    add(f"<h2>Cards</h2><p>DKEK: {_e(f['dkek']['shares'])} of {_e(f['dkek']['shares'])} shares, custodians "
+    add(f"<section><h2>Cards</h2><p>DKEK: {_e(f['dkek']['shares'])} of {_e(f['dkek']['shares'])} shares, custodians "
         f"{_e(', '.join(f['dkek']['custodians']))}; key check value <span class=mono>{_e(f['dkek']['kcv'])}"
         "</span>.</p><table><tr><th>Role</th><th>Serial</th><th>Token label</th><th>DKEK KCV</th><th>Reader</th>"
         "<th>Bag no.</th></tr>")
     for c in f["cards"]:
         add(f"<tr><td>{_e(c['role'])}</td><td class=mono>{_e(c['serial'])}</td><td>{_e(c['label'])}</td>"
             f"<td class=mono>{_e(c['kcv'])}</td><td>{_e(c['reader'])}</td><td></td></tr>")
-    add("</table>")
+    add("</table></section>")
     if f.get("ksk"):
         k = f["ksk"]
         add(f"<p>KSK <b>{_e(k['label'])}</b>, key reference {_e(k['key_ref'])}, public key (SPKI) SHA-256 "
             f"<span class=mono>{_e(k['spki_sha256'])}</span>.</p>")
-    add("<h2>Produced files (SHA-256)</h2><table><tr><th>File</th><th>Bytes</th><th>SHA-256</th></tr>")
+    add("<section><h2>Produced files (SHA-256)</h2><table><tr><th>File</th><th>Bytes</th><th>SHA-256</th></tr>")
     for p in f["files"]:
         add(f"<tr><td>{_e(p['name'])}</td><td>{p['bytes']}</td><td class=mono>{_e(p['sha256'])}</td></tr>")
-    add("</table>")
+    add("</table></section>")
     cp = f["checkpoint"]
     add("<h2>Audit chain</h2>")
     if cp:
@@ -119,10 +128,11 @@ def render_html(f: dict[str, Any]) -> str:
     add("<p class=small>To check later: <code>sc4dnssec audit verify --key OPERATOR.pub.pem --checkpoints "
         "LOG.checkpoints --require-checkpoint LOG</code> and <code>sc4dnssec ceremony verify-record "
         "record.html --key OPERATOR.pub.pem</code> (file hashes, chain head and step ranges against the log).</p>")
-    add("<h2>Signatures</h2><table class=sig><tr><th>Role</th><th>Name</th><th>Signature</th><th>Date</th></tr>")
+    add("<section><h2>Signatures</h2><table class=sig>"
+        "<tr><th>Role</th><th>Name</th><th>Signature</th><th>Date</th></tr>")
     for p in f["participants"]:
         add(f"<tr><td>{_e(p['role'])}</td><td>{_e(p['name'])}</td><td></td><td></td></tr>")
-    add("</table>")
+    add("</table></section>")
     data = json.dumps(f, indent=1, sort_keys=True).replace("</", "<\\/")
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>Key ceremony {_e(f['zone'])} {_e(f['date'])}</title><style>{_CSS}</style></head><body>\n"

@@ -75,7 +75,10 @@ def audit_summary(log: str, first: int, last: int) -> str:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if not first <= rec.get("seq", 0) <= last or rec.get("kind") != "call":
+            if not first <= rec.get("seq", 0) <= last or rec.get("kind") == "intent":
+                continue
+            if rec.get("kind") != "call":
+                counts[f"{rec['kind']} record"] += 1
                 continue
             counts[f"{rec['fn']} {rec['rv']}"] += 1
             denied += rec["rv"] == "CKR_ACTION_PROHIBITED"
