@@ -75,7 +75,8 @@ def _start(args: argparse.Namespace) -> int:
         "checkpoint_key": str(Path(args.checkpoint_key).resolve()), "secret_files": secret_files,
         "plan": plan, "zsk_material": [str(Path(p).resolve()) for p in args.zsk_material],
         "transport_recipient": str(Path(args.transport_recipient).resolve()) if args.transport_recipient else None,
-        "without_bind": bool(args.without_bind),
+        "without_bind": bool(args.without_bind), "period_days": args.period_days,
+        "schedule_start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "provider": args.provider,
     }
     try:
         cer = Ceremony.create(directory, doc)
@@ -246,6 +247,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--audit-log", help="default: DIR/audit.jsonl")
     s.add_argument("--date", help="YYYYMMDD of the KSK label (default: today, UTC)")
     s.add_argument("--curve", default="prime256v1", help="KSK curve (default prime256v1: algorithm 13)")
+    s.add_argument("--period-days", type=int, default=90, help="the period the SKR covers (default 90)")
+    s.add_argument("--provider", help="pkcs11-provider's ossl module for the BIND steps (default: Debian's)")
     s.set_defaults(func=_start)
     s = cs.add_parser("status", help="the steps, their state and audit ranges")
     s.add_argument("dir")

@@ -306,14 +306,108 @@ class Runner:
             cer.op(step, f"{role}:prove", prove, self.say)
 
     # -- 4-6: BIND 9.20 (shim.ceremony.bind) -----------------------------------------------
-    def _bind_step(self, step: str) -> None:
-        # Integration point with shim.ceremony.bind (branch ksr): pregenerate_zsks, sign_ksr and
-        # export_ds over a KskRef of the card's KSK and the DPS schedule.  A ceremony started with
-        # --without-bind skips these steps and names its ZSK material instead.
-        raise OrderError(f"step {step}: the BIND steps are not wired into this version "
-                         "(start the ceremony with --without-bind)")
+    def _bind(self) -> tuple[Any, Any, Any, Path]:
+        """shim.ceremony.bind, its ToolEnv, the KSK's BIND key files and the BIND work directory.
 
-    _zsk_keygen = _sign_ksr = _export_ds = _bind_step
+        Imported by name at run time: the BIND steps run where BIND 9.20 is (a Debian 13 laptop);
+        a ceremony started with --without-bind never gets here."""
+        import importlib
+        from datetime import UTC, datetime
+
+        from shim.cli import PROVIDER_MODULE, openssl_cnf
+
+        try:
+            bind = importlib.import_module("shim.ceremony.bind")
+        except ImportError as e:
+            raise OrderError(f"the BIND steps need shim.ceremony.bind ({e}); start with --without-bind") from None
+        cer = self.cer
+        work = cer.dir / "bind"
+        work.mkdir(exist_ok=True)
+        cnf = work / "openssl.cnf"
+        if not cnf.exists():
+            cnf.write_text(openssl_cnf(cer.doc["module"], cer.doc.get("provider") or PROVIDER_MODULE))
+        tools = self.tools()
+        plain = {k: v for k, v in tools.env.items() if k != "OPENSSL_CONF"}
+        env = bind.ToolEnv(signing={**plain, "OPENSSL_CONF": str(cnf)}, plain=plain, module=cer.doc["module"])
+        pin_file = cer.doc.get("secret_files", {}).get("pin")
+        if not pin_file:
+            raise OrderError("the BIND steps read the PIN from a file (pin-source=): start with --pin-file")
+        primary = cer.doc["cards"][0]
+        token = tools.slot_of(primary["reader"]).label or primary["label"]
+        from urllib.parse import quote
+
+        uri = (f"pkcs11:token={quote(token, safe='')};object={quote(cer.doc['ksk']['label'], safe='')};"
+               f"pin-source={pin_file}")
+        start = datetime.strptime(cer.doc["schedule_start"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        schedule = bind.Schedule.days(int(cer.doc.get("period_days", 90)), start=start)
+        if cer.done_op("zsk-keygen", "ksk-files"):
+            base = Path(cer.op_result("zsk-keygen", "ksk-files")["base"])
+            ksk = bind.KskRef(uri, base)
+        else:
+            ksk = None
+        return bind, env, (ksk, uri, schedule), work
+
+    def _keep(self, produced: Path) -> dict[str, Any]:
+        """A BIND output copied into files/, so the record hashes it."""
+        dest = self.cer.files / produced.name
+        dest.write_bytes(produced.read_bytes())
+        return {"file": dest.name, "sha256": sha256_file(dest)}
+
+    def _zsk_keygen(self, step: str) -> None:
+        cer = self.cer
+        bind, env, (_, uri, schedule), work = self._bind()
+
+        def ksk_files() -> dict[str, Any]:
+            ref = bind.ksk_from_card(cer.doc["zone"], work, uri, env, since=schedule.start)
+            self.say(f"  dnssec-keyfromlabel: {ref.base.name} (key tag {ref.tag}) points at the KSK on the card")
+            return {"base": str(ref.base), "tag": ref.tag}
+
+        base = Path(cer.op(step, "ksk-files", ksk_files, self.say)["base"])
+        ksk = bind.KskRef(uri, base)
+
+        def seed() -> dict[str, Any]:
+            got = bind.seed_kernel_from_card(work, ksk, env)
+            self.say(f"  {got.nbytes} bytes from the card's RNG into the kernel's pool"
+                     + ("; reseeded" if got.reseeded else f" ({got.reason})"))
+            return {"nbytes": got.nbytes, "reseeded": got.reseeded}
+
+        cer.op(step, "card-rng", seed, self.say)
+
+        def keygen() -> dict[str, Any]:
+            out = bind.pregenerate_zsks(cer.doc["zone"], work, ksk, schedule, env)
+            ksr, zsks = out[-1], out[:-1]
+            self.say(f"  dnssec-ksr keygen + request: {len(zsks)} ZSK file(s), KSR {ksr.name}")
+            return {"zsks": [str(p) for p in zsks], "ksr": str(ksr), **self._keep(ksr)}
+
+        got = cer.op(step, "keygen", keygen, self.say)
+        cer.doc["zsk_material"] = [p for p in got["zsks"] if p.endswith(".private")] + \
+            [p for p in got["zsks"] if not p.endswith(".private")]
+        cer.save()
+
+    def _sign_ksr(self, step: str) -> None:
+        cer = self.cer
+        bind, env, (ksk, _, schedule), work = self._bind()
+        ksr = Path(cer.op_result("zsk-keygen", "keygen")["ksr"])
+
+        def sign() -> dict[str, Any]:
+            skr = bind.sign_ksr(cer.doc["zone"], work, ksk, ksr, schedule, env)
+            bundles = bind.skr_bundles(skr)
+            self.say(f"  dnssec-ksr sign: SKR {skr.name}, {len(bundles)} bundle(s), every DNSKEY RRset signed by "
+                     f"KSK {ksk.tag}")
+            return {"bundles": len(bundles), **self._keep(skr)}
+
+        cer.op(step, "sign", sign, self.say)
+
+    def _export_ds(self, step: str) -> None:
+        cer = self.cer
+        bind, env, (ksk, _, _), work = self._bind()
+
+        def ds() -> dict[str, Any]:
+            path = bind.export_ds(cer.doc["zone"], work, ksk, env)
+            self.say(f"  DS for the parent: {path.read_text().strip()}")
+            return self._keep(path)
+
+        cer.op(step, "ds", ds, self.say)
 
     # -- 7 ---------------------------------------------------------------------------------
     def _encrypt_zsks(self, step: str) -> None:
