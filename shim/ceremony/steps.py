@@ -314,7 +314,7 @@ class Runner:
         import importlib
         from datetime import UTC, datetime
 
-        from shim.cli import PROVIDER_MODULE, openssl_cnf
+        from shim.openssl_conf import PROVIDER_MODULE, openssl_cnf
 
         try:
             bind = importlib.import_module("shim.ceremony.bind")

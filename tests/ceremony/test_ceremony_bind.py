@@ -17,7 +17,7 @@ import pytest
 
 from shim.audit import signing
 from shim.ceremony import record
-from shim.cli import PROVIDER_MODULE
+from shim.openssl_conf import PROVIDER_MODULE
 from virtualcard import schsm
 from virtualcard.pytest_plugin import VirtualCard
 
