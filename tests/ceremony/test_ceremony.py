@@ -139,7 +139,11 @@ def ceremony(card_factory: Callable[..., VirtualCard], tmp_path_factory: pytest.
     r["rest"] = sc4("ceremony", "run", str(run.dir))
     assert r["rest"].returncode == 0, r["rest"].stdout + r["rest"].stderr
     r["status"] = sc4("ceremony", "status", str(run.dir))
-    yield run
+    try:
+        yield run
+    finally:
+        for vc in vcs:  # free the readers for the session's other tests
+            vc.stop()
 
 
 def test_a_step_out_of_order_is_refused_before_any_card_operation(ceremony: Run) -> None:

@@ -36,6 +36,14 @@ def sc4(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_bind_steps_make_the_ksr_skr_and_ds_with_the_ksk_on_the_card(
         card_factory: Callable[..., VirtualCard], tmp_path: Path) -> None:
     vcs = [card_factory(kind="virtual-schsm") for _ in range(2)]
+    try:
+        _ceremony(vcs, tmp_path)
+    finally:
+        for vc in vcs:  # free the readers for the session's other tests
+            vc.stop()
+
+
+def _ceremony(vcs: list[VirtualCard], tmp_path: Path) -> None:
     sec = tmp_path / "secrets"
     sec.mkdir(mode=0o700)
     for name, value in (("pin", schsm.DEFAULT_PIN), ("so-pin", schsm.DEFAULT_SO_PIN), ("share1", "one share"),
