@@ -8,36 +8,7 @@ import shlex
 import sys
 
 from shim.locate import module_path
-
-PROVIDER_MODULE = "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so"
-
-
-def openssl_cnf(shim_module: str, provider_module: str = PROVIDER_MODULE) -> str:
-    """An openssl.cnf for BIND 9.20 + pkcs11-provider over the shim.
-
-    Scope it to the signing processes with OPENSSL_CONF; never install it
-    system-wide (dig/delv/rndc abort with an early-loading provider)."""
-    return f"""# smartcards4dnssec: pkcs11-provider over the shim.
-# Use ONLY as OPENSSL_CONF=<this file> for dnssec-* tools and named.
-openssl_conf = openssl_init
-
-[openssl_init]
-providers = provider_sect
-
-[provider_sect]
-default = default_sect
-pkcs11 = pkcs11_sect
-
-[default_sect]
-activate = 1
-
-[pkcs11_sect]
-module = {provider_module}
-pkcs11-module-path = {shim_module}
-# early: with lazy loading BIND's self-check takes paths cards cannot serve
-pkcs11-module-load-behavior = early
-activate = 1
-"""
+from shim.openssl_conf import PROVIDER_MODULE, openssl_cnf
 
 
 def _module_path(args: argparse.Namespace) -> int:
@@ -212,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     from shim.audit import cli as audit_cli
 
     audit_cli.register(sub)
+    from shim.ceremony import cli as ceremony_cli
+
+    ceremony_cli.register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

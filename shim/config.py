@@ -72,6 +72,7 @@ class Config:
     eddsa_keygen_alias: bool = True
     allow_functions: frozenset[str] | None = None
     pool: PoolConfig | None = None
+    ceremony_window: str | None = None
     source: str = "defaults"
     raw: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
@@ -136,6 +137,9 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("backend: expected a path")
     allow = policy.get("allow_functions")
     pool = data.get("pool")
+    window = policy.get("ceremony_window")
+    if window is not None and (not isinstance(window, str) or not window):
+        raise ConfigError("[policy] ceremony_window: expected a path")
     return Config(
         backend=backend or None,
         audit_path=env.get("SC4DNSSEC_AUDIT_LOG") or str(audit.get("path") or default_audit_path(env)),
@@ -151,6 +155,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
         eddsa_keygen_alias=bool(compat.get("eddsa_keygen_alias", True)),
         allow_functions=None if allow is None else _functions(allow, "[policy] allow_functions"),
         pool=None if pool is None else _pool(pool),
+        ceremony_window=window,
         source=source,
         raw=data,
     )
@@ -257,7 +262,7 @@ SCHEMA: Mapping[str, Mapping[str, Callable[[object, str], object]]] = {
     },
     "mask": {"functions": _functions, "mechanisms": _mechanisms},
     "compat": {"advertise_keygen": _is_bool, "eddsa_keygen_alias": _is_bool},
-    "policy": {"allow_functions": _functions},
+    "policy": {"allow_functions": _functions, "ceremony_window": _is_str},
     "pool": {"members": _pool_members, "label": _token_text(32), "serial": _token_text(16),
              "timeout_ms": _timeout_ms, "separate_modules": _is_bool},
 }

@@ -18,6 +18,7 @@ from shim import config as config_mod
 from shim.audit.schema import DISCOVERY
 from shim.audit.writer import AuditWriter
 from shim.backend import Backend
+from shim.ceremony.policy import Window
 from shim.constants import CKR
 from shim.discovery import Noter
 from shim.errors import PKCS11Error
@@ -67,7 +68,8 @@ class Shim:
         self.fixups = Fixups(self.completion.table(), slot_of=self.completion.state.sessions.slot_of)
         self.guard = Guard(self.fixups.table(), allow=cfg.allow_functions, load_backend=self.load_backend,
                            on_fork=(self.audit.after_fork, self.completion.reset,
-                                    *((self.pool.reset,) if self.pool is not None else ())))
+                                    *((self.pool.reset,) if self.pool is not None else ())),
+                           window=Window(cfg.ceremony_window) if cfg.ceremony_window else None)
         discovery = Noter()
         self.auditor = Audit(self.guard.table(), self.audit, fail_closed=cfg.audit_on_failure == "fail-closed",
                              discovery=discovery)
@@ -95,6 +97,8 @@ class Shim:
                                                          "members": [m.name for m in cfg.pool.members],
                                                          "timeout_ms": int(cfg.pool.timeout_s * 1000)}}
                                                if cfg.pool is not None else {}),
+                                            **({"ceremony_window": cfg.ceremony_window}
+                                               if cfg.ceremony_window else {}),
                                             # a remote card through p11-kit-client.so: which server
                                             **({"p11_kit_server_address": os.environ["P11_KIT_SERVER_ADDRESS"]}
                                                if os.environ.get("P11_KIT_SERVER_ADDRESS") else {})},

@@ -85,6 +85,9 @@ PROTECTED_DATA_PREFIX = 0xCD
 FID_DEVAUT = 0x2F02
 FID_TOKENINFO = 0x2F03
 FID_MF = 0x3F00
+#: The transfer EF: OpenSC 0.26's sc-hsm driver writes a wrapped key here with UPDATE BINARY and
+#: then sends UNWRAP KEY without data (0.23 sends the blob in the UNWRAP KEY APDU itself).
+FID_TRANSFER = 0x2F10
 
 # Private key operations (P2 of SIGN / DECIPHER), as OpenSC's card-sc-hsm.h names them.
 ALG_RSA_RAW, ALG_RSA_DECRYPT = 0x20, 0x21
@@ -558,7 +561,8 @@ class SmartCardHSM:
                 data = value
         if offset is None:
             raise SWError(SW_WRONG_DATA, "offset (54) missing")
-        content = bytearray(self.state.get_file(fid) or b"")
+        # a transfer starts at offset 0: what an earlier, longer blob left there is not part of it
+        content = bytearray(b"" if fid == FID_TRANSFER and offset == 0 else self.state.get_file(fid) or b"")
         if offset > len(content):
             content.extend(b"\x00" * (offset - len(content)))
         content[offset : offset + len(data)] = data
@@ -729,9 +733,15 @@ class SmartCardHSM:
             raise SWError(SW_INCORRECT_P1P2)
         if not self._dkek_complete():
             raise SWError(SW_CONDITIONS, "no complete DKEK")
+        blob = cmd.data
+        if not blob:  # OpenSC 0.26: the blob was written to the transfer EF first
+            blob = self.state.get_file(FID_TRANSFER) or b""
+            self.state.delete_file(FID_TRANSFER)  # used once, whatever the outcome
+            if self.current_ef == FID_TRANSFER:
+                self.current_ef = None
         if self.state.get_key(cmd.p1) is not None:
             raise SWError(SW_CONDITIONS, "key reference in use")
-        key = _unwrap(bytes.fromhex(self.counters.dkek), cmd.data)
+        key = _unwrap(bytes.fromhex(self.counters.dkek), blob)
         if alg_of(key) not in self.profile.algorithms:
             raise SWError(SW_WRONG_DATA, "key algorithm not in this profile")
         self.state.put_key(cmd.p1, key)

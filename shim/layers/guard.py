@@ -4,7 +4,8 @@ Every function passes the guard's gate: in a forked child the first call resets
 the shim (PKCS#11 requires a new C_Initialize there, and the audit chain goes on
 in a new epoch); before C_Initialize only C_Initialize is admitted; with
 ``[policy] allow_functions`` set, other functions answer
-CKR_ACTION_PROHIBITED; a length or count beyond :data:`BOUNDS` answers
+CKR_ACTION_PROHIBITED, and so do the functions the ceremony window refuses
+(``[policy] ceremony_window``, :mod:`shim.ceremony.policy`); a length or count beyond :data:`BOUNDS` answers
 CKR_ARGUMENTS_BAD before anything reaches the card (a backend trusts them: SoftHSM
 crashed on a C_Login with ulPinLen = 2^40).  The guard also owns library
 initialisation itself, and C_Finalize waits for the calls in flight: the
@@ -20,6 +21,7 @@ from typing import Any
 
 from shim import cabi
 from shim.call import Call, LayerFn, Table
+from shim.ceremony.policy import Window
 from shim.constants import CKR, InitFlag
 from shim.errors import PKCS11Error
 from shim.functions import BY_NAME, FunctionSpec
@@ -43,9 +45,10 @@ Check = Callable[[tuple[Any, ...]], str | None]
 
 class Guard:
     def __init__(self, below: Table, *, allow: frozenset[str] | None, load_backend: Callable[[], object],
-                 on_fork: tuple[Callable[[], None], ...] = ()) -> None:
+                 on_fork: tuple[Callable[[], None], ...] = (), window: Window | None = None) -> None:
         self.below = below
         self._allow = allow
+        self.window = window
         self._load_backend = load_backend
         self._on_fork = on_fork
         self.lock = threading.RLock()
@@ -76,6 +79,7 @@ class Guard:
         awaited = name not in NOT_AWAITED
         flight = self._flight
         ident = threading.get_ident
+        window = self.window
 
         def gate(call: Call, *args: Any) -> int:
             if lib.sc4_fork_generation != self._fork_generation:
@@ -84,6 +88,10 @@ class Guard:
                 return CKR.CRYPTOKI_NOT_INITIALIZED
             if denied:
                 raise PKCS11Error(CKR.ACTION_PROHIBITED, "denied by [policy] allow_functions")
+            if window is not None and needs_init:
+                why = window.refusal(name)
+                if why is not None:
+                    raise PKCS11Error(CKR.ACTION_PROHIBITED, why)
             for check in checks:
                 why = check(args)
                 if why is not None:
@@ -126,6 +134,8 @@ class Guard:
             if self.initialized:
                 return CKR.CRYPTOKI_ALREADY_INITIALIZED
             flags = _check_init_args(p_init_args, call)
+            if self.window is not None:
+                self.window.refresh()
             self._load_backend()
             args = cabi.ffi.new("CK_C_INITIALIZE_ARGS *")
             args.flags = InitFlag.OS_LOCKING_OK | (flags & InitFlag.LIBRARY_CANT_CREATE_OS_THREADS)

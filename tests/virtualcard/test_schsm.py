@@ -4,7 +4,6 @@ and sc-hsm-tool, signatures checked with ``cryptography``."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,12 +214,6 @@ def test_keypairgen_through_pkcs11_then_sign(card_factory, tmp_path: Path) -> No
         vc.stop()
 
 
-def _opensc_version() -> tuple[int, ...]:
-    out = subprocess.run(["opensc-tool", "--info"], capture_output=True, text=True, timeout=30).stdout
-    m = re.search(r"OpenSC (\d+)\.(\d+)", out)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-
-
 def test_dkek_clones_a_key_onto_a_second_card(card_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The ceremony's clone: one DKEK share on two cards, a key generated on the first, wrapped
     out with sc-hsm-tool, unwrapped into the second, which then signs for the first's public key.
@@ -255,10 +248,6 @@ def test_dkek_clones_a_key_onto_a_second_card(card_factory, tmp_path: Path) -> N
         assert schsm.HSMState(clone.state_dir).get_key(1) is None
         r = subprocess.run(["sc-hsm-tool", "--unwrap-key", str(blob), "--key-reference", "1", "--pin", "123456"],
                            env=clone.isolated_env(), capture_output=True, text=True, timeout=60)
-        if r.returncode != 0 and _opensc_version() >= (0, 26):
-            # measured: OpenSC 0.26's sc-hsm-tool sends UNWRAP KEY (80 74 01 93) without the blob it
-            # has just read (the file holds it); 0.23 sends it.  Cause in OpenSC not investigated.
-            pytest.xfail("OpenSC 0.26 sc-hsm-tool --unwrap-key sends no key blob")
         assert r.returncode == 0 and "Key successfully imported" in r.stdout, r.stdout + r.stderr
         data = tmp_path / "data"
         data.write_bytes(DATA)
@@ -283,6 +272,31 @@ def test_dkek_clones_a_key_onto_a_second_card(card_factory, tmp_path: Path) -> N
     finally:
         for vc in cards:
             vc.stop()
+
+
+def test_unwrap_takes_the_blob_from_the_transfer_ef(hsm: schsm.SmartCardHSM) -> None:
+    """OpenSC 0.26's driver writes the wrapped key to EF 2F10 and sends UNWRAP KEY without data
+    (0.23 sends it in the APDU); the transfer EF is used once and a shorter blob replaces a longer one."""
+    assert _verify(hsm, b"123456") == b"\x90\x00"
+    assert hsm.process(_apdu(0x80, 0x50, 0, 0, tlv(0x80, b"\x00\x01") + tlv(0x81, b"123456") + tlv(0x82, SO)
+                             + tlv(0x92, b"\x01")))[-2:] == b"\x90\x00"
+    assert _verify(hsm, b"123456") == b"\x90\x00"
+    assert hsm.process(b"\x80\x52\x00\x00\x20" + bytes(range(32)))[-2:] == b"\x90\x00"
+    key = ec.generate_private_key(ec.SECP256R1())
+    blob = schsm._wrap(bytes(range(32)), key)
+
+    def transfer(data: bytes) -> bytes:
+        body = tlv(0x54, b"\x00\x00") + tlv(0x53, data)
+        return hsm.process(_apdu(0x00, 0xD7, 0x2F, 0x10, body))[-2:]
+
+    assert transfer(b"\xff" * (len(blob) + 40)) == b"\x90\x00"  # an earlier, longer transfer
+    assert transfer(blob) == b"\x90\x00"
+    assert hsm.process(_apdu(0x80, 0x74, 5, 0x93))[-2:] == b"\x90\x00"
+    got = hsm.state.get_key(5)
+    assert isinstance(got, ec.EllipticCurvePrivateKey)
+    assert got.private_numbers() == key.private_numbers()
+    assert hsm.state.get_file(schsm.FID_TRANSFER) is None
+    assert hsm.process(_apdu(0x80, 0x74, 6, 0x93))[-2:] == b"\x6a\x80"  # nothing left to unwrap
 
 
 def test_command_chaining_joins_the_parts(hsm: schsm.SmartCardHSM) -> None:

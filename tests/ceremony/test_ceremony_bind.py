@@ -1,0 +1,75 @@
+"""The whole ceremony, BIND steps included, where BIND 9.20 is (a Debian 13 host, or
+``ci/virtualcard-debian13 tests/ceremony -m ceremony --card=virtual-schsm`` from Debian 12): two
+virtual SmartCard-HSMs, one DKEK share, then dnssec-ksr keygen/request/sign through
+pkcs11-provider and the shim, the DS, the sealed ZSKs and the record."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shim.audit import signing
+from shim.ceremony import record
+from shim.openssl_conf import PROVIDER_MODULE
+from virtualcard import schsm
+from virtualcard.pytest_plugin import VirtualCard
+
+pytestmark = [
+    pytest.mark.ceremony,
+    pytest.mark.skipif(importlib.util.find_spec("shim.ceremony.bind") is None, reason="no shim.ceremony.bind"),
+    pytest.mark.skipif(shutil.which("dnssec-ksr") is None or not os.path.exists(PROVIDER_MODULE),
+                       reason="needs BIND 9.20's dnssec-ksr and pkcs11-provider (Debian 13)"),
+]
+
+
+def sc4(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shim.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_the_bind_steps_make_the_ksr_skr_and_ds_with_the_ksk_on_the_card(
+        card_factory: Callable[..., VirtualCard], tmp_path: Path) -> None:
+    vcs = [card_factory(kind="virtual-schsm") for _ in range(2)]
+    try:
+        _ceremony(vcs, tmp_path)
+    finally:
+        for vc in vcs:  # free the readers for the session's other tests
+            vc.stop()
+
+
+def _ceremony(vcs: list[VirtualCard], tmp_path: Path) -> None:
+    sec = tmp_path / "secrets"
+    sec.mkdir(mode=0o700)
+    for name, value in (("pin", schsm.DEFAULT_PIN), ("so-pin", schsm.DEFAULT_SO_PIN), ("share1", "one share"),
+                        ("transport", "transport phrase")):
+        (sec / name).write_text(value + "\n")
+    priv, pub = signing.keygen(str(sec))
+    d = tmp_path / "c"
+    r = sc4("ceremony", "start", str(d), "--zone", "example.com", "--primary", vcs[0].info.reader or "",
+            "--clone", vcs[1].info.reader or "", "--participant", "SO=Sofia", "--dkek-shares", "1",
+            "--custodian", "SO", "--pin-file", str(sec / "pin"), "--so-pin-file", str(sec / "so-pin"),
+            "--share-password-file", str(sec / "share1"), "--checkpoint-key", priv,
+            "--transport-passphrase-file", str(sec / "transport"), "--period-days", "30")
+    assert r.returncode == 0, r.stderr
+    r = sc4("ceremony", "run", str(d))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "dnssec-ksr sign: SKR example.com.skr" in r.stdout and "DS for the parent" in r.stdout
+    facts = record.read_facts(d / "record.html")
+    names = {f["name"] for f in facts["files"]}
+    assert {"example.com.ksr", "example.com.skr", "example.com.ds", "zsks.sealed", "ksk.wrapped"} <= names
+    assert [s["status"] for s in facts["steps"]] == ["done"] * 8
+    signs = [s for s in facts["steps"] if s["name"] == "sign-ksr"][0]
+    assert signs["seq"], "dnssec-ksr sign reached the card through the shim"
+    v = sc4("ceremony", "verify-record", str(d / "record.html"), "--key", pub)
+    assert v.returncode == 0, v.stdout
+    out = tmp_path / "online"
+    u = sc4("ceremony", "unseal", str(d / "files" / "zsks.sealed"), str(out), "--passphrase-file",
+            str(sec / "transport"))
+    assert u.returncode == 0, u.stderr
+    assert any(p.suffix == ".private" for p in out.iterdir())
