@@ -46,6 +46,10 @@ class Worker:
     def bind(self, bindings: dict[str, Any]) -> None:
         self.request({"op": "bind", "bindings": bindings})
 
+    def avoid(self, module: str) -> list[str]:
+        """Step around ``module``'s named behaviours (sc4testkit.quirks); for the direct worker."""
+        return list(self.request({"op": "avoid", "module": module})["avoided"])
+
     def reset(self) -> None:
         self.request({"op": "reset"})
 

@@ -66,6 +66,7 @@ def shim_worker(card: Any, shim_audit: tuple[dict[str, str], Path], bindings: di
 def direct_worker(card: Any, bindings: dict[str, Any]) -> Iterator[Worker]:
     w = Worker(card.module, dict(os.environ, **card.env), "direct")
     w.bind(bindings)
+    w.avoid(TOKENS[card.kind].module)
     yield w
     w.close()
 

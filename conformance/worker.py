@@ -24,9 +24,11 @@ from PyKCS11 import LowLevel as L
 
 from conformance.values import const, encode_attr, placeholder, sized
 from sc4testkit import rawp11
+from sc4testkit.quirks import BEHAVIOURS
 from shim.constants import CKR
 
 _OUT_SYMBOLS = ("opened", "object", "copy", "publicKey", "privateKey")
+_VERIFY_ENDS = frozenset({"C_Verify", "C_VerifyFinal"})
 
 
 @dataclass
@@ -49,6 +51,10 @@ class Runner:
         self.contexts: dict[str, Context] = {}
         self.bindings: dict[str, Any] = {}
         self.lock = threading.Lock()
+        # sc4testkit.quirks behaviours of the loaded module that this worker steps around (the
+        # direct worker only: through the shim every call is made)
+        self.avoid: dict[str, str] = {}
+        self.verifying: set[int] = set()  # sessions with an active verify operation
 
     # -- binding -------------------------------------------------------------
     def ctx(self, name: str) -> Context:
@@ -122,9 +128,28 @@ class Runner:
         return L.ckbytelist() if n in (None, "null") else L.ckbytelist(bytes(int(n)))
 
     # -- one step ------------------------------------------------------------
+    def hazard(self, c: Context, fn: str, args: dict[str, Any]) -> str | None:
+        """Why this call is not made (a named behaviour of the module would meet it), or None."""
+        why = self.avoid.get("verify_without_init")
+        if why and fn in _VERIFY_ENDS | {"C_VerifyUpdate"} and self.handle(c, args["session"]) not in self.verifying:
+            return why
+        return None
+
+    def _track(self, c: Context, fn: str, args: dict[str, Any], rv: int) -> None:
+        if fn in ("C_Finalize", "C_Initialize", "C_CloseAllSessions"):
+            self.verifying.clear()
+        elif fn == "C_VerifyInit" and rv == CKR.OK:
+            self.verifying.add(self.handle(c, args["session"]))
+        elif fn in _VERIFY_ENDS or fn == "C_CloseSession" or (fn == "C_VerifyUpdate" and rv != CKR.OK):
+            self.verifying.discard(self.handle(c, args["session"]))
+
     def step(self, c: Context, fn: str, args: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        why = self.hazard(c, fn, args)
+        if why is not None:
+            return {"rv": None, "out": {}, "error": f"not called (sc4testkit.quirks): {why}"}
         rv = self._call(c, fn, args, out)
+        self._track(c, fn, args, int(rv))
         if rv == CKR.OK:
             for key in _OUT_SYMBOLS:
                 sym = args.get(key)
@@ -336,7 +361,11 @@ def serve() -> None:
                 reply({"ok": True})
             elif op == "reset":
                 runner.contexts.clear()
+                runner.verifying.clear()
                 reply({"ok": True})
+            elif op == "avoid":
+                runner.avoid = {b.name: b.why for b in BEHAVIOURS if b.module == req["module"]}
+                reply({"ok": True, "avoided": sorted(runner.avoid)})
             elif op == "run":
                 reply({"ok": True, "results": run_steps(runner, req["steps"])})
             elif op == "threads":

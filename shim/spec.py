@@ -28,7 +28,7 @@ tolerate such a value keep a named exception list of their own (``sc4testkit/qui
 
 from __future__ import annotations
 
-from shim.constants import CKM, CKR
+from shim.constants import CKA, CKM, CKR
 
 
 def _rv(names: str) -> frozenset[CKR]:
@@ -385,3 +385,9 @@ DIGEST_INFO_PREFIX: dict[str, bytes] = {
     "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
     "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
 }
+
+# Attributes v2.40 gave every storage object (section 4.4, table 17: "Common Storage Object
+# Attributes"), new since v2.20.  A module written against v2.20 (OpenSC 0.23's PKCS#11 module)
+# answers C_GetAttributeValue for them with CKR_ATTRIBUTE_TYPE_INVALID, although v2.40 defines them
+# for each of its objects; the spec's default for both is CK_TRUE.
+V240_STORAGE_ATTRIBUTES: frozenset[CKA] = frozenset({CKA.COPYABLE, CKA.DESTROYABLE})

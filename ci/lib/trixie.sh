@@ -31,6 +31,7 @@ SC4_TRIXIE_STAMP_ROOT_ONLY=.sc4dnssec-root-complete-debian13-stack
 # on a Debian 13 host, on the host itself.
 SC4_TRIXIE_PACKAGES=(
     bind9 bind9-utils bind9-dnsutils pkcs11-provider softhsm2 opensc opensc-pkcs11 libpcsclite1
+    ykcs11
     python3 python3-venv python3-dev python3-cffi python3-cryptography python3-setuptools
     python3-pip gcc libc6-dev
 )

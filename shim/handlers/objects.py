@@ -3,10 +3,12 @@ derived public keys): shim handles are answered here, card handles forwarded."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from shim import attributes, cabi
-from shim.attributes import boolean, ulong
+from shim.attributes import FALSE, TRUE, boolean, ulong
 from shim.call import Call
 from shim.constants import CK_INVALID_HANDLE, CKA, CKO, CKR
 from shim.errors import PKCS11Error
@@ -104,10 +106,41 @@ def destroy_object(st: CompletionState, call: Call, h: int, h_obj: int) -> int:
     return CKR.OK
 
 
+def _copyable(st: CompletionState, h: int, h_obj: int) -> bytes:
+    """CKA_COPYABLE of a card object whose module does not know the attribute: what C_CopyObject
+    through the shim does with it.  A public key is copied (by the card, or by the shim when the
+    card cannot); anything else is the card's to copy, and a card written before v2.40 copies
+    nothing (OpenSC: CKR_FUNCTION_NOT_SUPPORTED).  pkcs11-provider copies a CK_TRUE token key into
+    a session object to cache it."""
+    cls = ulong(card.read_attributes(st.card, h, h_obj, (CKA.CLASS,)).get(CKA.CLASS))
+    return TRUE if cls == CKO.PUBLIC_KEY else FALSE
+
+
+# The v2.40 storage attributes (shim.spec.V240_STORAGE_ATTRIBUTES) the shim answers for card objects
+# when the module does not know them.  CKA_DESTROYABLE is not among them: C_DestroyObject goes to
+# the card, and only the card knows whether it would destroy the object.
+CARD_ATTRIBUTE_ANSWERS: dict[int, Callable[[CompletionState, int, int], bytes]] = {CKA.COPYABLE: _copyable}
+
+
+def _card_attribute_value(st: CompletionState, call: Call, h: int, h_obj: int, ptmpl: Any, count: int) -> int:
+    get = st.card["C_GetAttributeValue"]
+    if ptmpl == cabi.NULL or not any(int(ptmpl[i].type) in CARD_ATTRIBUTE_ANSWERS for i in range(count)):
+        return int(get(h, h_obj, ptmpl, count))
+    lengths = [int(ptmpl[i].ulValueLen) for i in range(count)]
+    rv = int(get(h, h_obj, ptmpl, count))
+    if rv != CKR.ATTRIBUTE_TYPE_INVALID:
+        return rv
+    answers = {t: partial(f, st, h, h_obj) for t, f in CARD_ATTRIBUTE_ANSWERS.items()}
+    rv, answered = card.answer_unknown(st.card, h, h_obj, ptmpl, count, lengths, answers)
+    if answered:
+        call.args["shim_answered"] = [attributes.name(t) for t in answered]
+    return rv
+
+
 def get_attribute_value(st: CompletionState, call: Call, h: int, h_obj: int, ptmpl: Any, count: int) -> int:
     obj = _shim_object(st, h_obj)
     if obj is None:
-        return int(st.card["C_GetAttributeValue"](h, h_obj, ptmpl, count))
+        return _card_attribute_value(st, call, h, h_obj, ptmpl, count)
     call.src = "soft"
     values = {t: obj.value(t) for t in obj.attrs}
     return write_attributes(ptmpl, count, values)

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, VIRTUAL_SCHSM, TokenKind
+from sc4testkit.tokens import SOFTHSM, SOFTHSM_CARDLIKE, VIRTUAL, VIRTUAL_SCHSM, VIRTUAL_YKCS11, TokenKind
 from sc4testkit.trixie import Missing, Shim, Trixie, install_shim
 from shim.config import dumps as config_dumps
 
@@ -50,6 +51,7 @@ BACKENDS: dict[str, tuple[TokenKind, bool]] = {
     "piv-direct": (VIRTUAL, False),
     "schsm": (VIRTUAL_SCHSM, True),
     "schsm-direct": (VIRTUAL_SCHSM, False),
+    "piv-ykcs11": (VIRTUAL_YKCS11, True),
 }
 
 TIMINGS: list[tuple[str, str, float]] = []
@@ -315,6 +317,36 @@ def schsm_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard
     yield from _card_for_session(tmp_path_factory.mktemp("schsm"), None, "sc-hsm")
 
 
+@pytest.fixture(scope="session")
+def ykcs11_card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VirtualCard]:
+    """The virtual PIV card in readers named Yubico*, which libykcs11 alone serves (the CLI's
+    `virtualcard up` names its readers for OpenSC): started through the harness, labels as the
+    host's libykcs11 reports them (the root's reports the same)."""
+    from virtualcard.harness import YUBICO_READER_NAME, Harness, HarnessError
+    from virtualcard.pytest_plugin import start_virtual_card
+
+    run = Path(tempfile.mkdtemp(prefix="vcard-"))  # AF_UNIX paths are short
+    h = Harness(run, readers=2, reader_prefix=YUBICO_READER_NAME)
+    try:
+        h.start()
+        card = start_virtual_card(h, tmp_path_factory.mktemp("ykcs11"), kind=VIRTUAL_YKCS11)
+    except (HarnessError, OSError, LookupError) as e:
+        h.stop()
+        shutil.rmtree(run, ignore_errors=True)
+        fail_missing(Missing(f"the virtual PIV card for libykcs11 did not come up: {e}"))
+        raise
+    info = card.info
+    exports = {"PCSCLITE_CSOCK_NAME": h.env["PCSCLITE_CSOCK_NAME"], "VIRTUALCARD_PIN": info.pin,
+               "VIRTUALCARD_TOKEN_LABEL": info.token_label,
+               **{f"VIRTUALCARD_{k.upper()}_{what}": v for k, key in info.keys.items()
+                  for what, v in (("ID", key.id.hex()), ("LABEL", key.label))}}
+    try:
+        yield VirtualCard(card.state_dir, exports)
+    finally:
+        h.stop()
+        shutil.rmtree(run, ignore_errors=True)
+
+
 SLOW_CARD_MS = 200.0
 
 
@@ -344,8 +376,8 @@ def _make_piv(
         fail_missing(Missing(f"`virtualcard up` printed no {', '.join(missing)}: {ex}"))
     pin_file = work / "pin"
     pin_file.write_text(ex["VIRTUALCARD_PIN"])
-    # The root's OpenSC (0.26), not the host's that SC4DNSSEC_BACKEND in the exports names.
-    opensc = trixie.find_lib("opensc-pkcs11.so")
+    # The root's OpenSC (0.26) or libykcs11, not the host's that SC4DNSSEC_BACKEND in the exports names.
+    opensc = trixie.find_lib("libykcs11.so" if kind.module == "ykcs11" else "opensc-pkcs11.so")
     env = {"PCSCLITE_CSOCK_NAME": ex["PCSCLITE_CSOCK_NAME"]}
     token = ex["VIRTUALCARD_TOKEN_LABEL"]
     listing = trixie.run(["pkcs11-tool", "--module", opensc, "-L"], env=env, check=False)
@@ -402,6 +434,8 @@ def signer(request: pytest.FixtureRequest, trixie: Trixie, tmp_path: Path) -> Si
         return _make_softhsm(name, kind, trixie, work, shim_)
     if kind.card_family == "sc-hsm":
         return _make_piv(name, trixie, work, shim_, request.getfixturevalue("schsm_card"), kind)
+    if kind.module == "ykcs11":
+        return _make_piv(name, trixie, work, shim_, request.getfixturevalue("ykcs11_card"), kind)
     slow = request.node.get_closest_marker("slow_card") is not None
     card = request.getfixturevalue("slow_virtual_card" if slow else "virtual_card")
     return _make_piv(name, trixie, work, shim_, card)

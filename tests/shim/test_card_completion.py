@@ -11,6 +11,9 @@ import sys
 
 import pytest
 
+from sc4testkit.quirks import behaviour
+from sc4testkit.tokens import TOKENS
+
 BIND916_CYCLE = """
 import hashlib, json, PyKCS11
 from PyKCS11 import LowLevel as LL
@@ -80,7 +83,7 @@ def test_bind916_sign_and_self_check_cycle(shim_env):
 def test_bind916_admission_fails_without_the_shim_on_a_card(shim_env):
     """The reason the project exists: directly, the card is refused (no
     keygen mechanism on PIV, session public keys refused by OpenSC)."""
-    if shim_env.card.kind not in ("virtual", "opensc"):
+    if TOKENS[shim_env.card.kind].source == "softhsm":
         pytest.skip("SoftHSM (even with the shim-side mask) serves this directly: nothing to show")
     proc = shim_env.run_python(BIND916_CYCLE, direct=True, check=False,
                                extra_env={"EC_LABEL": shim_env.card.keys["ec"].label})
@@ -111,3 +114,33 @@ def test_lookup_by_id_or_label_finds_one_matching_public_key(shim_env):
     for kid, found in res.items():
         assert len(found["private"]) == 1, (kid, found)
         assert found["public"] == found["private"], (kid, found)
+
+
+VERIFY_WITHOUT_INIT = """
+import json, PyKCS11
+from PyKCS11 import LowLevel as LL
+lib = PyKCS11.PyKCS11Lib(); lib.load(MODULE)
+s = lib.openSession(lib.getSlotList(tokenPresent=True)[0]); s.login(PIN)
+kid = bytes.fromhex(os.environ["KEY_ID"])
+key = s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY), (PyKCS11.CKA_ID, kid)])[0]
+digestinfo = bytes.fromhex("3031300d060960864801650304020105000420") + bytes(32)
+s.sign(key, digestinfo, PyKCS11.Mechanism(PyKCS11.CKM_RSA_PKCS))
+low = s.lib
+out = {"C_VerifyUpdate": low.C_VerifyUpdate(s.session, LL.ckbytelist(b"x" * 40)),
+       "C_Verify": low.C_Verify(s.session, LL.ckbytelist(b"x" * 32), LL.ckbytelist(bytes(256))),
+       "C_VerifyFinal": low.C_VerifyFinal(s.session, LL.ckbytelist(bytes(256)))}
+s.logout(); s.closeSession()
+print(json.dumps(out))
+"""
+
+
+def test_verify_without_init_is_answered_by_the_shim(shim_env):
+    """After a signature, the verify calls without C_VerifyInit get CKR_OPERATION_NOT_INITIALIZED
+    from the shim on every card; directly, libykcs11 dies on them (``verify_without_init`` in
+    sc4testkit/quirks.py), which this also checks while that module is the backend."""
+    env = {"KEY_ID": shim_env.card.keys["rsa"].id.hex()}
+    res = json.loads(shim_env.run_python(VERIFY_WITHOUT_INIT, extra_env=env).stdout)
+    assert res == {fn: 0x91 for fn in ("C_VerifyUpdate", "C_Verify", "C_VerifyFinal")}
+    if behaviour("verify_without_init", TOKENS[shim_env.card.kind].module):
+        direct = shim_env.run_python(VERIFY_WITHOUT_INIT, direct=True, check=False, extra_env=env)
+        assert direct.returncode < 0, (direct.returncode, direct.stdout, direct.stderr[-500:])

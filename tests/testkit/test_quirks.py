@@ -20,3 +20,13 @@ def test_a_quirk_is_tolerated_only_from_its_module() -> None:
     assert quirks.violation("C_Sign", CKR.PIN_INCORRECT, "softhsm2") is not None
     assert quirks.violation("C_Sign", CKR.BUFFER_TOO_SMALL, "opensc") is None
     assert quirks.violation("C_GetInterface", CKR.OK, "opensc") is None
+
+
+def test_every_behaviour_names_a_backend_once_and_says_why() -> None:
+    modules = {k.module for k in tokens.TOKENS.values()}
+    names = [(b.name, b.module) for b in quirks.BEHAVIOURS]
+    assert len(names) == len(set(names))
+    for b in quirks.BEHAVIOURS:
+        assert b.module in modules and b.why
+        assert quirks.behaviour(b.name, b.module) is b
+        assert all(quirks.behaviour(b.name, m) is None for m in modules - {b.module})
