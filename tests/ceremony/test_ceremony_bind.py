@@ -1,7 +1,11 @@
 """The whole ceremony, BIND steps included, where BIND 9.20 is (a Debian 13 host, or
 ``ci/virtualcard-debian13 tests/ceremony -m ceremony --card=virtual-schsm`` from Debian 12): two
 virtual SmartCard-HSMs, one DKEK share, then dnssec-ksr keygen/request/sign through
-pkcs11-provider and the shim, the DS, the sealed ZSKs and the record."""
+pkcs11-provider and the shim, the DS, the sealed ZSKs and the record.
+
+With ``--ceremony-example DIR`` (tests/ceremony/conftest.py) it is the ceremony of the committed
+example record instead: three cards, the default two DKEK shares, six participants, run in DIR
+and left there.  The secrets stay in the test's own temporary directory."""
 
 from __future__ import annotations
 
@@ -33,28 +37,40 @@ def sc4(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "shim.cli", *args], capture_output=True, text=True, timeout=900)
 
 
+EXAMPLE_PARTICIPANTS = ("MC=Morgan Chair", "SO=Sofia Officer", "SA=Sam Admin", "SC=Safe Controller",
+                        "IW=Iris Witness", "EW=Ed External")
+
+
 def test_the_bind_steps_make_the_ksr_skr_and_ds_with_the_ksk_on_the_card(
-        card_factory: Callable[..., VirtualCard], tmp_path: Path) -> None:
-    vcs = [card_factory(kind="virtual-schsm") for _ in range(2)]
+        card_factory: Callable[..., VirtualCard], tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    example = pytestconfig.getoption("ceremony_example")
+    vcs = [card_factory(kind="virtual-schsm") for _ in range(3 if example else 2)]
     try:
-        _ceremony(vcs, tmp_path)
+        _ceremony(vcs, tmp_path, Path(example).resolve() if example else None)
     finally:
         for vc in vcs:  # free the readers for the session's other tests
             vc.stop()
 
 
-def _ceremony(vcs: list[VirtualCard], tmp_path: Path) -> None:
+def _ceremony(vcs: list[VirtualCard], tmp_path: Path, example: Path | None) -> None:
     sec = tmp_path / "secrets"
     sec.mkdir(mode=0o700)
     for name, value in (("pin", schsm.DEFAULT_PIN), ("so-pin", schsm.DEFAULT_SO_PIN), ("share1", "one share"),
-                        ("transport", "transport phrase")):
+                        ("share2", "another share"), ("transport", "transport phrase")):
         (sec / name).write_text(value + "\n")
     priv, pub = signing.keygen(str(sec))
-    d = tmp_path / "c"
-    r = sc4("ceremony", "start", str(d), "--zone", "example.com", "--primary", vcs[0].info.reader or "",
-            "--clone", vcs[1].info.reader or "", "--participant", "SO=Sofia", "--dkek-shares", "1",
-            "--custodian", "SO", "--pin-file", str(sec / "pin"), "--so-pin-file", str(sec / "so-pin"),
-            "--share-password-file", str(sec / "share1"), "--checkpoint-key", priv,
+    if example is None:
+        d = tmp_path / "c"
+        shape = ["--participant", "SO=Sofia", "--dkek-shares", "1", "--custodian", "SO",
+                 "--share-password-file", str(sec / "share1")]
+    else:
+        assert not example.exists() or not any(example.iterdir()), f"--ceremony-example {example} is not empty"
+        d = example
+        shape = [a for p in EXAMPLE_PARTICIPANTS for a in ("--participant", p)] + [
+            "--share-password-file", str(sec / "share1"), "--share-password-file", str(sec / "share2")]
+    clones = [a for vc in vcs[1:] for a in ("--clone", vc.info.reader or "")]
+    r = sc4("ceremony", "start", str(d), "--zone", "example.com", "--primary", vcs[0].info.reader or "", *clones,
+            *shape, "--pin-file", str(sec / "pin"), "--so-pin-file", str(sec / "so-pin"), "--checkpoint-key", priv,
             "--transport-passphrase-file", str(sec / "transport"), "--period-days", "30")
     assert r.returncode == 0, r.stderr
     r = sc4("ceremony", "run", str(d))
