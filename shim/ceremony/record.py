@@ -88,8 +88,8 @@ def render_html(f: dict[str, Any]) -> str:
     for p in f["participants"]:
         add(f"<tr><td>{_e(p['role'])}</td><td>{_e(p['name'])}</td><td></td></tr>")
     add("</table>")
-    add("<h2>Steps</h2><table><colgroup><col style='width:4%'><col style='width:46%'><col style='width:8%'>"
-        "<col style='width:13%'><col style='width:13%'><col style='width:7%'><col style='width:9%'></colgroup>"
+    add("<h2>Steps</h2><table><colgroup><col style='width:4%'><col style='width:43%'><col style='width:8%'>"
+        "<col style='width:13%'><col style='width:13%'><col style='width:10%'><col style='width:9%'></colgroup>"
         "<tr><th>#</th><th>Step</th><th>Status</th><th>Started</th><th>Finished</th><th>Audit seq</th>"
         "<th>Initials</th></tr>")
     for s in f["steps"]:
@@ -98,7 +98,8 @@ def render_html(f: dict[str, Any]) -> str:
         notes = "".join(f"<br><span class=small>{_e(n)}</span>" for n in s["notes"])
         add(f"<tr><td>{s['n']}</td><td><b>{_e(s['name'])}</b><br><span class=small>"
             f"{_e(DESCRIPTIONS.get(s['name'], ''))}</span>{notes}</td><td>{_e(s['status'])}{runs}</td>"
-            f"<td class=t>{_ts(s['started'])}</td><td class=t>{_ts(s['finished'])}</td><td>{seq}</td><td></td></tr>")
+            f"<td class=t>{_ts(s['started'])}</td><td class=t>{_ts(s['finished'])}</td><td class=t>{seq}</td>"
+            "<td></td></tr>")
     add("</table>")
     add(f"<section><h2>Cards</h2><p>DKEK: {_e(f['dkek']['shares'])} of {_e(f['dkek']['shares'])} shares, custodians "
         f"{_e(', '.join(f['dkek']['custodians']))}; key check value <span class=mono>{_e(f['dkek']['kcv'])}"
