@@ -52,7 +52,7 @@ class Shim:
             on_failure=cfg.audit_on_failure,
             syslog=cfg.audit_syslog,
             syslog_path=cfg.audit_syslog_socket,
-            locked_append=_locked_append(cabi.lib),
+            locked_append=locked_append_of(cabi.lib, cabi.ffi),
         )
         # The stack, bottom up.
         self.base = Base()
@@ -121,14 +121,15 @@ class Shim:
         return backend
 
 
-def _locked_append(lib: Any) -> Callable[[int, int, bytes, bool], int]:
-    """The core's C append (one GIL release per record) as the writer expects it."""
+def locked_append_of(lib: Any, ffi: Any) -> Callable[[int, int, bytes, bool], int]:
+    """The core's C append (one GIL release per record) as the writer expects it; ``lib`` is the
+    core (or, in the unit tests, the fake backend built with the core's audit_append.c)."""
     append = lib.sc4_audit_append
 
     def locked_append(fd: int, expected: int, line: bytes, sync: bool) -> int:
         size = int(append(fd, expected, line, len(line), int(sync)))
         if size == -1:
-            err = cabi.ffi.errno
+            err = ffi.errno
             raise OSError(err, os.strerror(err))
         return size
 

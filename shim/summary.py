@@ -114,13 +114,25 @@ def _template_types(ptr: Any, count: int) -> list[str] | str:
     return [attributes.name(int(ptr[i].type)) for i in range(count)]
 
 
-def _mechanism(ptr: Any) -> str | None:
-    return None if ptr == cabi.NULL else _mech_name(int(ptr.mechanism))
-
-
 def _put(key: str, i: int, render: Callable[[Any], Any] = int) -> Summariser:
     def step(args: tuple[Any, ...], out: dict[str, Any]) -> None:
         out[key] = render(args[i])
+
+    return step
+
+
+def _put_mechanism(key: str, i: int) -> Summariser:
+    """The mechanism a CK_MECHANISM_PTR names (None for NULL), from the name cache (every C_SignInit)."""
+    names = _MECH_NAMES
+
+    def step(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+        ptr = args[i]
+        if ptr == cabi.NULL:
+            out[key] = None
+            return
+        m = int(ptr.mechanism)
+        name = names.get(m)
+        out[key] = name if name is not None else _mech_name(m)
 
     return step
 
@@ -192,7 +204,7 @@ def _compile(spec: FunctionSpec) -> tuple[Summariser, OutputSummariser | None]:
         elif p.ctype == "CK_MECHANISM_TYPE":
             steps.append(_put("mechanism", i, lambda v: name_of(CKM, int(v))))
         elif p.ctype == "CK_MECHANISM_PTR":
-            steps.append(_put("mechanism", i, _mechanism))
+            steps.append(_put_mechanism("mechanism", i))
         elif p.ctype == "CK_USER_TYPE":
             steps.append(_put("user", i, lambda v: name_of(CKU, int(v))))
         elif p.ctype == "CK_FLAGS":
@@ -211,9 +223,12 @@ def _compile(spec: FunctionSpec) -> tuple[Summariser, OutputSummariser | None]:
             steps.append(_put(_lower_first(p.name[1:], "l"), i))
         # Everything else (PINs above all: CK_UTF8CHAR_PTR) is deliberately not summarised.
 
-    def summarise(args: tuple[Any, ...], out: dict[str, Any]) -> None:
+    def each(args: tuple[Any, ...], out: dict[str, Any]) -> None:
         for step in steps:
             step(args, out)
+
+    # Most functions summarise one argument (a session): that step is the summariser.
+    summarise: Summariser = steps[0] if len(steps) == 1 else each
 
     def summarise_outputs(args: tuple[Any, ...], rv: int, out: dict[str, Any]) -> None:
         for step in after:

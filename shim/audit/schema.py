@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.encoder
 import re
 import time
 from typing import Any, Final
@@ -83,6 +84,24 @@ def _default(obj: object) -> object:
 #: One encoder instance: json.dumps() with keyword arguments builds a new encoder
 #: per call, which costs about a microsecond on the hot path.
 ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=_default)
+
+#: ENCODER's C encoder (None where json has none), built once: ``ENCODER.encode`` builds it
+#: again for every value (through ``iterencode``).  Same encoder, same arguments, so the same
+#: text; no circular-reference markers (a cycle raises RecursionError; the caller falls back
+#: to ENCODER, which names it).
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+C_ENCODE: Final = (_make_encoder(None, ENCODER.default, json.encoder.encode_basestring_ascii, ENCODER.indent,
+                                 ENCODER.key_separator, ENCODER.item_separator, ENCODER.sort_keys, ENCODER.skipkeys,
+                                 ENCODER.allow_nan)
+                   if _make_encoder is not None else None)
+
+
+def encode_value(value: Any) -> str:
+    """``ENCODER.encode(value)`` for a dict or list, in one C call where the C encoder exists
+    (``"".join(C_ENCODE(value, 0))``, which the writer's hot path calls itself)."""
+    if C_ENCODE is None:
+        return ENCODER.encode(value)
+    return "".join(C_ENCODE(value, 0))
 
 
 class _TsCache:

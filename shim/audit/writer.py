@@ -56,6 +56,8 @@ from typing import Any, Final
 from shim.audit import files, schema
 from shim.audit.redact import redact
 from shim.audit.rfc5424 import SEV_ERR, SyslogSender
+from shim.audit.schema import C_ENCODE as _c_encode
+from shim.audit.schema import encode_value
 from shim.constants import CKR, name_of
 
 FSYNC_POLICIES: Final = ("none", "always")
@@ -70,6 +72,7 @@ MAX_ARGS: Final = schema.MAX_LINE - 4096
 ROTATION_CHECK_S: Final = 1.0
 _MAX_PROG: Final = 255
 _FORMAT_FIELD: Final = f'"format":{schema.FORMAT_VERSION},'
+_getpid, _getuid, _monotonic, _time_ns, _sha256 = os.getpid, os.getuid, time.monotonic, time.time_ns, hashlib.sha256
 
 
 class AuditUnavailable(Exception):
@@ -263,6 +266,56 @@ class AuditWriter:
         """
         self._append(self._body(kind, fn, args, rv, dur_us, src, error))
 
+    def write_call(self, fn: str, args: dict[str, Any], rv: str, dur_us: int, src: str | None) -> None:
+        """``write("call", fn=fn, args=args, rv=rv, dur_us=dur_us, src=src)``, the same bytes:
+        the record of every PKCS#11 call without an error (the dispatcher's hot path).
+
+        While this process wrote the file's last record (the C append checks that under the
+        file lock), the line is assembled and appended in this one frame; anything else (first
+        record, another process appended, rotation check due, fork, uid change, an outage) takes
+        the general path.  tests/unit/test_hot_path_calls.py counts its Python calls.
+        """
+        fixed = self._fixed.get((fn, rv, src))
+        if fixed is None:
+            fixed = self._fixed_pieces(fn, rv, src)
+        try:
+            tid = self._tls.tid
+        except AttributeError:
+            tid = self._tls.tid = threading.get_native_id()
+        try:
+            enc_args = "".join(_c_encode(redact(args), 0)) if _c_encode is not None else encode_value(redact(args))
+        except Exception:  # noqa: BLE001 - the general encoding says what was wrong
+            enc_args = _encode_args(args)
+        if len(enc_args) > MAX_ARGS:
+            enc_args = schema.ENCODER.encode(_oversize(enc_args))
+        body = f'"thread":{tid},{fixed[0]}{enc_args}{fixed[1]}{dur_us}{fixed[2]}'
+        append = self._locked_append
+        if append is not None and _getpid() == self.pid:
+            with self._lock:
+                if (self._size >= 0 and self._fd is not None and not self.lost and not self._closed
+                        and _monotonic() < self._next_check and _getuid() == self._uid):
+                    seq = self._seq + 1
+                    ns = _time_ns()
+                    tsc = self._ts
+                    if ns // 1_000_000_000 == tsc.sec:
+                        ts = f"{tsc.text}.{ns // 1000 % 1_000_000:06d}Z"
+                    else:
+                        ts = tsc.now()
+                    line = f'{{"seq":{seq},"ts":"{ts}",{self._prefix},{body},"prev":"{self._head}"}}\n'.encode("ascii")
+                    try:
+                        size = append(self._fd, self._size, line, self.fsync == "always")
+                    except OSError as e:
+                        self._size = -1
+                        self._failed(e)
+                        return
+                    if size >= 0:
+                        self._size, self._seq, self._head = size, seq, _sha256(line[:-1]).hexdigest()
+                        self._reported = False
+                        if self._syslog is not None:
+                            self._syslog.send(ts, self.pid, "call", line[:-1])
+                        return
+        self._append(f"{self._prefix},{body}")
+
     def write_bound(self, kind: str, make_args: ArgsFactory, *,
                     fn: str | None = None) -> tuple[int, str] | None:
         """Append a record whose args are computed under the lock from its (seq, prev).
@@ -306,12 +359,7 @@ class AuditWriter:
                 tid = self._tls.tid
             except AttributeError:
                 tid = self._tls.tid = threading.get_native_id()
-            try:
-                enc_args = "null" if args is None else schema.ENCODER.encode(redact(args))
-            except (TypeError, ValueError) as e:
-                enc_args = schema.ENCODER.encode({"unserialisable": type(e).__name__})
-            if len(enc_args) > MAX_ARGS:
-                enc_args = schema.ENCODER.encode(_oversize(enc_args))
+            enc_args = "null" if args is None else _encode_args(args)
             return f'{self._prefix},"thread":{tid},{fixed[0]}{enc_args}{fixed[1]}{dur_us}{fixed[2]}'
         if kind not in schema.KINDS:
             raise ValueError(f"unknown audit record kind {kind!r}")
@@ -539,6 +587,17 @@ class AuditWriter:
 def _kind_of(line: bytes) -> str:
     i = line.find(b'"kind":"')
     return line[i + 8: line.index(b'"', i + 8)].decode() if i >= 0 else "-"
+
+
+def _encode_args(args: Any) -> str:
+    """A call record's ``args`` as encoded: redacted, compact, bounded (see ``_oversize``)."""
+    try:
+        enc = schema.ENCODER.encode(redact(args))
+    except (TypeError, ValueError) as e:
+        enc = schema.ENCODER.encode({"unserialisable": type(e).__name__})
+    if len(enc) > MAX_ARGS:
+        enc = schema.ENCODER.encode(_oversize(enc))
+    return enc
 
 
 def _oversize(encoded: str) -> dict[str, Any]:

@@ -81,15 +81,22 @@ class Audit:
         if rv_name is None:
             rv_name = name_of(CKR, rv)
         try:
-            self.writer.write("call", fn=call.fn, args=call.args, rv=rv_name, dur_us=dur_us,
-                              src=call.src, error=call.error)
-        except AuditUnavailable:
-            return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
+            if call.error is None:
+                self.writer.write_call(call.fn, call.args, rv_name, dur_us, call.src)
+            else:
+                self.writer.write("call", fn=call.fn, args=call.args, rv=rv_name, dur_us=dur_us,
+                                  src=call.src, error=call.error)
         except Exception as e:  # noqa: BLE001 - a bug in the audit path must not reach the host
-            report(f"audit record for {call.fn} failed: {type(e).__name__}: {e}")
-            if self._fail_closed:
-                return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
+            return self._unrecorded(call, rv, e)
         return rv
+
+    def _unrecorded(self, call: Call, rv: int, e: Exception) -> int:
+        """The CK_RV of a call whose record failed with ``e``: fail-closed, no record, no success."""
+        if not isinstance(e, AuditUnavailable):
+            report(f"audit record for {call.fn} failed: {type(e).__name__}: {e}")
+            if not self._fail_closed:
+                return rv
+        return int(CKR.GENERAL_ERROR) if rv == CKR.OK else rv
 
     # -- the entry point ---------------------------------------------------------------
     def _entry(self, name: str) -> Entry:
@@ -105,6 +112,7 @@ class Audit:
                        if spec.params[i].ctype == "CK_ULONG_PTR" and spec.params[i - 1].ctype == "CK_BYTE_PTR"),
                       None)
         perf = time.perf_counter_ns
+        rv_names, writer = _RV_NAMES, self.writer
 
         def entry(*args: Any) -> int:
             t0 = perf()
@@ -127,7 +135,16 @@ class Audit:
                     summarise_outputs(args, rv, call.args)
                 except Exception as e:  # noqa: BLE001 - a summary bug must not change the call's result
                     call.error = call.error or f"output summary: {type(e).__name__}: {e}"
-            out = self.record_call(call, rv, t0)
+            rv_name = rv_names.get(rv)
+            if call.error is None and rv_name is not None:
+                # record_call's common case, inline: one frame less on every call.
+                try:
+                    writer.write_call(name, call.args, rv_name, (perf() - t0) // 1000, call.src)
+                    return rv
+                except Exception as e:  # noqa: BLE001 - a bug in the audit path must not reach the host
+                    out = self._unrecorded(call, rv, e)
+            else:
+                out = self.record_call(call, rv, t0)
             if out != rv and rv == CKR.OK:  # fail-closed refused a call that had succeeded
                 try:
                     if out_at is not None:

@@ -10,10 +10,13 @@ from typing import Any
 
 from cffi import FFI
 
+from shim._build import function_list_header
 from shim.functions import C_ONLY, FUNCTIONS
 
 HERE = Path(__file__).resolve().parent
 CRYPTOKI_H = HERE.parents[1] / "shim" / "c" / "cryptoki.h"
+#: The core's locked append, built into the fake so the unit stack's writer takes the module's path.
+AUDIT_APPEND_C = CRYPTOKI_H.parent / "audit_append.c"
 FAKE_C = HERE / "fake_p11.c"
 CONTROL = """
 unsigned long fake_calls(const char *name);
@@ -30,6 +33,7 @@ void fake_hold(int on);
 int fake_in_sign(void);
 int fake_finalized_during_call(void);
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
+long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);
 """
 
 
@@ -64,9 +68,11 @@ def build(out_dir: Path) -> Path:
     defined = {f.name for f in FUNCTIONS if f"CK_RV fake_{f.name}(" in text}
     rest = out_dir / "fake_rest.c"
     rest.write_text(_generated_rest(defined))
+    (out_dir / "sc4_function_list.h").write_text(function_list_header())
     so = out_dir / "libfakep11.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I", str(CRYPTOKI_H.parent),
-                    "-o", str(so), str(FAKE_C), str(rest)], check=True, capture_output=True, text=True)
+                    "-I", str(out_dir), "-o", str(so), str(FAKE_C), str(rest), str(AUDIT_APPEND_C)],
+                   check=True, capture_output=True, text=True)
     return so
 
 

@@ -33,6 +33,8 @@ class _Failing:
     def write(self, *_: Any, **__: Any) -> None:
         raise AuditUnavailable("disk full")
 
+    write_call = write
+
 
 def test_every_call_gets_one_record_with_its_result(stack: Stack) -> None:
     h = _open(stack)

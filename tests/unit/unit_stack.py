@@ -13,7 +13,7 @@ from typing import Any
 
 import fake_backend as fake
 
-from shim import cabi
+from shim import cabi, runtime
 from shim.audit.writer import AuditWriter
 from shim.call import Call, Table
 from shim.constants import CKA, CKK, CKO
@@ -74,7 +74,10 @@ class Stack:
 
 def compose(fake_module: Path, log: Path, *, allow: frozenset[str] | None = None,
             on_failure: str = "fail-closed", **settings: Any) -> Stack:
-    writer = AuditWriter(str(log), on_failure=on_failure)
+    # The module's writer appends through the core's C (flock, size check, write in one call);
+    # the fake carries the same C, bound as shim.runtime binds it.
+    writer = AuditWriter(str(log), on_failure=on_failure,
+                         locked_append=runtime.locked_append_of(FFI.dlopen(str(fake_module)), FFI))
     b = Base()
     completion = Completion(b.table(), **settings)
     fixups = Fixups(completion.table(), slot_of=completion.state.sessions.slot_of)
