@@ -12,7 +12,7 @@ Two shared objects come out of the build, both inside the ``shim`` package:
 
 The C is written by hand in ``shim/c/``.  This module only generates what is
 derived from a Python table: the function list and the entry points from
-``shim/functions.py``, the CKR macros from ``shim/constants.py``, and the
+``shim/functions.py``, the CKR macros from ``shim/constants.py``, the flags of the audit append, and the
 paths of the interpreter that builds the module.  Each generated file says so
 in its first line.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cffi import FFI
 
+from shim.cabi import APPEND_NOWAIT, APPEND_SYNC
 from shim.constants import CKR
 from shim.functions import C_ONLY, FUNCTIONS
 
@@ -60,6 +61,12 @@ def ckr_header() -> str:
     lines = [f"#define SC4_CKR_{rv.name} 0x{int(rv):X}UL" for rv in CKR]
     return (_banner("shim/constants.py") + "#ifndef SC4_CKR_H\n#define SC4_CKR_H\n"
             + "\n".join(lines) + "\n#endif\n")
+
+
+def append_flags_header() -> str:
+    """The flags of ``sc4_audit_append`` (shim/c/audit_append.c), defined in shim/cabi.py."""
+    return (_banner("shim/cabi.py") + "#ifndef SC4_APPEND_FLAGS_H\n#define SC4_APPEND_FLAGS_H\n"
+            f"#define SC4_APPEND_SYNC {APPEND_SYNC}\n#define SC4_APPEND_NOWAIT {APPEND_NOWAIT}\n#endif\n")
 
 
 def _c_string(value: str) -> str:
@@ -131,7 +138,7 @@ const char *sc4_core_path(void);
 const char *sc4_site_dir(int i);
 int sc4_discovery_read(struct sc4_discovery *out);
 extern unsigned long sc4_fork_generation;
-long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);
+long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int flags);
 CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen, int *deepbind);
 """
     return ((C_DIR / "cryptoki.h").read_text() + function_list_struct() + (C_DIR / "discovery.h").read_text()
@@ -152,6 +159,7 @@ def generate(directory: Path) -> tuple[list[str], list[str]]:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sc4_function_list.h").write_text(function_list_header())
     (directory / "sc4_ckr.h").write_text(ckr_header())
+    (directory / "sc4_append_flags.h").write_text(append_flags_header())
     (directory / "sc4_build_paths.h").write_text(build_paths_header())
     stub_c = directory / "sc4_stub_entries.c"
     stub_c.write_text(stub_entries())

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Flags of the core's ``sc4_audit_append`` (shim/c/audit_append.c; shim/_build.py generates
+#: their C definitions from these).
+APPEND_SYNC = 1  # fdatasync before the file lock is released
+APPEND_NOWAIT = 2  # the caller keeps the GIL: never wait for another process's lock (answer -3)
+
 ffi: Any = None
 lib: Any = None
 NULL: Any = None

@@ -8,6 +8,7 @@ composition in :meth:`Shim.__init__` is the whole wiring.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from shim import config as config_mod
 from shim.audit.schema import DISCOVERY
 from shim.audit.writer import AuditWriter
 from shim.backend import Backend
+from shim.cabi import APPEND_NOWAIT, APPEND_SYNC
 from shim.ceremony.policy import Window
 from shim.constants import CKR
 from shim.discovery import Noter
@@ -52,7 +54,7 @@ class Shim:
             on_failure=cfg.audit_on_failure,
             syslog=cfg.audit_syslog,
             syslog_path=cfg.audit_syslog_socket,
-            locked_append=locked_append_of(cabi.lib, cabi.ffi),
+            locked_append=locked_append_of(cabi.lib, cabi.ffi, _module_path(cabi.lib)),
         )
         # The stack, bottom up.
         self.base = Base()
@@ -121,13 +123,32 @@ class Shim:
         return backend
 
 
-def locked_append_of(lib: Any, ffi: Any) -> Callable[[int, int, bytes, bool], int]:
-    """The core's C append (one GIL release per record) as the writer expects it; ``lib`` is the
-    core (or, in the unit tests, the fake backend built with the core's audit_append.c)."""
+def locked_append_of(lib: Any, ffi: Any, path: str | None = None) -> Callable[[int, int, bytes, bool], int]:
+    """The core's C append as the writer expects it; ``lib`` is the core (or, in the unit tests,
+    the fake backend built with the core's audit_append.c) and ``path`` its file.
+
+    cffi releases the GIL around every C call, so a record would hand the GIL over twice per
+    PKCS#11 call (at the backend call and at the append): with several host threads each
+    hand-off is a wake-up and a wait.  With ``path``, the append goes through ``ctypes.PyDLL``,
+    which keeps the GIL, and asks for the file lock without waiting (``APPEND_NOWAIT``); only if
+    another process holds the lock, or the record is to be fdatasynced, does it go through cffi
+    and wait with the GIL released."""
     append = lib.sc4_audit_append
+    held: Any = None
+    if path is not None:
+        held = ctypes.PyDLL(path, use_errno=True).sc4_audit_append
+        held.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int)
+        held.restype = ctypes.c_longlong
 
     def locked_append(fd: int, expected: int, line: bytes, sync: bool) -> int:
-        size = int(append(fd, expected, line, len(line), int(sync)))
+        if held is not None and not sync:
+            size = held(fd, expected, line, len(line), APPEND_NOWAIT)
+            if size == -1:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            if size != -3:
+                return int(size)
+        size = int(append(fd, expected, line, len(line), APPEND_SYNC if sync else 0))
         if size == -1:
             err = ffi.errno
             raise OSError(err, os.strerror(err))

@@ -1,24 +1,31 @@
-/* The audit writer's locked section in one call, so Python gives up the GIL
- * once per record instead of once per syscall (flock, lseek, write, flock):
- * with several host threads each hand-off is a context switch.  Appends
- * ``data`` (one complete record line built by shim/audit/writer.py) only if
- * the file still has ``expected_size`` bytes, i.e. nobody else appended since
- * this process's last record.  Returns the new size; -2 if the size differs
- * (the writer then takes its Python path, which re-reads the tail); -1 with
- * errno set on an I/O error, after cutting any partial line of ours. */
+/* The audit writer's locked section in one call, so Python crosses into C
+ * once per record instead of once per syscall (flock, lseek, write, flock).
+ * Appends ``data`` (one complete record line built by shim/audit/writer.py)
+ * only if the file still has ``expected_size`` bytes, i.e. nobody else
+ * appended since this process's last record.  Returns the new size; -2 if the
+ * size differs (the writer then takes its Python path, which re-reads the
+ * tail); -3 if ``SC4_APPEND_NOWAIT`` is set and another process holds the
+ * lock; -1 with errno set on an I/O error, after cutting any partial line of
+ * ours.
+ *
+ * ``SC4_APPEND_NOWAIT`` is for a caller that keeps the GIL across the call
+ * (shim/runtime.py): it must never sleep holding it, so it asks for the lock
+ * without waiting and, on -3, calls again through cffi, which releases the
+ * GIL and waits.  Without the flag the call may block on the lock and on
+ * ``SC4_APPEND_SYNC``'s fdatasync. */
 #include <errno.h>
 #include <sys/file.h>
 #include <unistd.h>
 #include "core.h"
 
-long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync)
+long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int flags)
 {
     off_t size;
     size_t done = 0;
     int err;
 
-    if (flock(fd, LOCK_EX) != 0)
-        return -1;
+    if (flock(fd, LOCK_EX | ((flags & SC4_APPEND_NOWAIT) ? LOCK_NB : 0)) != 0)
+        return errno == EWOULDBLOCK && (flags & SC4_APPEND_NOWAIT) ? -3 : -1;
     size = lseek(fd, 0, SEEK_END);
     if (size < 0 || (long long)size != expected_size) {
         err = errno;
@@ -39,7 +46,7 @@ long long sc4_audit_append(int fd, long long expected_size, const char *data, si
         }
         done += (size_t)n;
     }
-    if (sync && fdatasync(fd) != 0) {
+    if ((flags & SC4_APPEND_SYNC) && fdatasync(fd) != 0) {
         err = errno;
         flock(fd, LOCK_UN);
         errno = err;

@@ -27,8 +27,9 @@ void sc4_fork_prepare(void);
 void sc4_fork_parent(void);
 void sc4_fork_child(void);
 
-/* audit_append.c */
-long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);
+/* audit_append.c; the flags are generated from shim/_build.py */
+#include "sc4_append_flags.h"
+long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int flags);
 
 /* backend.c */
 CK_RV sc4_load_backend(const char *path, CK_FUNCTION_LIST_PTR_PTR out, char *err, size_t errlen, int *deepbind);

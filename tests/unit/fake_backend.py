@@ -10,7 +10,7 @@ from typing import Any
 
 from cffi import FFI
 
-from shim._build import function_list_header
+from shim._build import append_flags_header, function_list_header
 from shim.functions import C_ONLY, FUNCTIONS
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +33,7 @@ void fake_hold(int on);
 int fake_in_sign(void);
 int fake_finalized_during_call(void);
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
-long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);
+long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int flags);
 """
 
 
@@ -69,6 +69,7 @@ def build(out_dir: Path) -> Path:
     rest = out_dir / "fake_rest.c"
     rest.write_text(_generated_rest(defined))
     (out_dir / "sc4_function_list.h").write_text(function_list_header())
+    (out_dir / "sc4_append_flags.h").write_text(append_flags_header())
     so = out_dir / "libfakep11.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I", str(CRYPTOKI_H.parent),
                     "-I", str(out_dir), "-o", str(so), str(FAKE_C), str(rest), str(AUDIT_APPEND_C)],

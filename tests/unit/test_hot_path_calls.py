@@ -110,7 +110,7 @@ PROCS, THREADS, PER_THREAD = 2, 3, 400
 def _writer_process(path: str, core: str, tag: str) -> None:
     """Runs spawned: THREADS threads record calls through write_call and the core's C append."""
     ffi = fake.make_ffi()
-    w = AuditWriter(path, program=f"proc-{tag}", locked_append=runtime.locked_append_of(ffi.dlopen(core), ffi))
+    w = AuditWriter(path, program=f"proc-{tag}", locked_append=runtime.locked_append_of(ffi.dlopen(core), ffi, core))
 
     def run(t: int) -> None:
         for i in range(PER_THREAD):

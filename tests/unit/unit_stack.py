@@ -77,7 +77,7 @@ def compose(fake_module: Path, log: Path, *, allow: frozenset[str] | None = None
     # The module's writer appends through the core's C (flock, size check, write in one call);
     # the fake carries the same C, bound as shim.runtime binds it.
     writer = AuditWriter(str(log), on_failure=on_failure,
-                         locked_append=runtime.locked_append_of(FFI.dlopen(str(fake_module)), FFI))
+                         locked_append=runtime.locked_append_of(FFI.dlopen(str(fake_module)), FFI, str(fake_module)))
     b = Base()
     completion = Completion(b.table(), **settings)
     fixups = Fixups(completion.table(), slot_of=completion.state.sessions.slot_of)
