@@ -15,7 +15,8 @@ from bench import driver, machine, report
 from bench.modules import ways
 from bench.writeahead import log_counts
 
-SECTIONS = ("percall", "threads", "startup", "card", "bind", "writeahead", "profile", "remote", "pool")
+SECTIONS = ("percall", "threads", "bind916", "startup", "card", "bind", "writeahead", "profile", "remote",
+            "pool")
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,13 @@ class Plan:
     bind_reps: int
     bind_big: bool  # also 10,000 names
     wa_calls: int  # in-process calls per write-ahead sample (fsync none; 1/10 of it with fsync always)
+    n_bind916: int  # signatures of the BIND 9.16 pattern per run
 
 
 FULL = Plan(reps=7, n_sign=2000, n_info=20000, thread_reps=3, startup_reps=15, card_reps=3, card_sigs=30,
-            pool_sigs=160, bind_reps=5, bind_big=True, wa_calls=5000)
+            pool_sigs=160, bind_reps=5, bind_big=True, wa_calls=5000, n_bind916=2000)
 QUICK = Plan(reps=3, n_sign=500, n_info=5000, thread_reps=1, startup_reps=5, card_reps=1, card_sigs=6,
-             pool_sigs=40, bind_reps=1, bind_big=False, wa_calls=2000)
+             pool_sigs=40, bind_reps=1, bind_big=False, wa_calls=2000, n_bind916=300)
 CARD_LATENCY_MS = 100.0
 
 
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
             r.threads = thread_scaling(exe, w, hsm.pin, plan.thread_reps, plan.n_sign * 2, plan.n_info * 4)
 
+        def bind916() -> None:
+            from bench.percall import bind916_pattern
+
+            r.bind916 = bind916_pattern(exe, w, hsm.pin, plan.thread_reps, plan.n_bind916)
+            r.bind916_audit = report.verify_audit(work / "audit-softhsm.jsonl")
+
         def startup() -> None:
             from bench.startup import import_profile
             from bench.startup import startup as run
@@ -109,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             r.bind_audit = b.audit_check(s, 1000, 4)
             r.bind_intents = log_counts(s.work / "audit-1000-4.jsonl")
             if plan.bind_big:
-                r.bind.append(b.bind_runs(s, 10000, 1, max(1, plan.bind_reps - 2)))
+                for threads_ in (1, 4):
+                    r.bind.append(b.bind_runs(s, 10000, threads_, max(1, plan.bind_reps - 2)))
 
         def writeahead() -> None:
             from bench.writeahead import run as measure
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
         section("percall", percall)
         section("threads", threads)
+        section("bind916", bind916)
         section("startup", startup)
         section("card", card)
         section("bind", bind)

@@ -7,6 +7,11 @@
  *   p11drive loop MODULE PIN OP THREADS N [SECONDS]
  *       OP = sign (C_SignInit + C_Sign, raw CKM_ECDSA over 32 bytes, the signature buffer
  *       given: what pkcs11-provider does) or sessioninfo (C_GetSessionInfo).
+ *       or bind916: one signature as BIND 9.16's native PKCS#11 makes it, the call pattern
+ *       of conformance/sequences/bind916-signzone-ecdsa.jsonl (20 calls: SHA-256 by
+ *       C_DigestInit + 5 C_DigestUpdate + C_DigestFinal, C_SignInit + C_Sign, the same
+ *       digest again, then a session public key from the token's: C_CreateObject,
+ *       C_VerifyInit + C_Verify, C_DestroyObject).
  *       Each thread opens its own session; runs N operations per thread (or at least
  *       SECONDS) -> {"ops":..,"seconds":..,"ops_per_s":..,"us_per_op_thread":..}
  * Module loaded RTLD_NOW|RTLD_LOCAL like PKCS#11 consumers do. */
@@ -27,7 +32,14 @@
 #define CKU_USER 1UL
 #define CKA_CLASS 0UL
 #define CKA_KEY_TYPE 0x100UL
+#define CKA_TOKEN 1UL
+#define CKA_PRIVATE 2UL
+#define CKA_VERIFY 0x10AUL
+#define CKA_EC_PARAMS 0x180UL
+#define CKA_EC_POINT 0x181UL
+#define CKO_PUBLIC_KEY 2UL
 #define CKO_PRIVATE_KEY 3UL
+#define CKM_SHA256 0x250UL
 #define CKK_EC 3UL
 #define CKM_ECDSA 0x1041UL
 
@@ -83,6 +95,77 @@ struct result {
     double seconds;
 };
 
+/* The token's EC public key (params and point), for bind916's session copy of it. */
+struct pubkey {
+    unsigned char params[64], point[160];
+    CK_ULONG params_len, point_len;
+};
+
+static void read_pubkey(CK_SESSION_HANDLE s, struct pubkey *pk)
+{
+    CK_ULONG cls = CKO_PUBLIC_KEY, kt = CKK_EC, found = 0;
+    CK_ATTRIBUTE tmpl[2] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt}};
+    CK_OBJECT_HANDLE h;
+    CK_RV rv;
+    if ((rv = f->C_FindObjectsInit(s, tmpl, 2)) != CKR_OK)
+        die("C_FindObjectsInit (public key)", rv);
+    if ((rv = f->C_FindObjects(s, &h, 1, &found)) != CKR_OK || found != 1)
+        die("C_FindObjects (an EC public key)", rv);
+    f->C_FindObjectsFinal(s);
+    CK_ATTRIBUTE get[2] = {{CKA_EC_PARAMS, pk->params, sizeof pk->params},
+                           {CKA_EC_POINT, pk->point, sizeof pk->point}};
+    if ((rv = f->C_GetAttributeValue(s, h, get, 2)) != CKR_OK)
+        die("C_GetAttributeValue (EC public key)", rv);
+    pk->params_len = get[0].ulValueLen;
+    pk->point_len = get[1].ulValueLen;
+}
+
+/* SHA-256 of a record set as BIND 9.16 feeds it: five updates of the RRset's pieces. */
+static void digest_rrset(CK_SESSION_HANDLE s, unsigned char *out)
+{
+    static const CK_ULONG pieces[5] = {12, 40, 7, 96, 33};
+    unsigned char data[96];
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    CK_ULONG len = 32;
+    CK_RV rv;
+    memset(data, 0x5a, sizeof data);
+    if ((rv = f->C_DigestInit(s, &sha)) != CKR_OK)
+        die("C_DigestInit", rv);
+    for (int i = 0; i < 5; i++)
+        if ((rv = f->C_DigestUpdate(s, data, pieces[i])) != CKR_OK)
+            die("C_DigestUpdate", rv);
+    if ((rv = f->C_DigestFinal(s, out, &len)) != CKR_OK || len != 32)
+        die("C_DigestFinal", rv);
+}
+
+static void bind916_signature(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, const struct pubkey *pk)
+{
+    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+    unsigned char digest[32], sig[256];
+    CK_ULONG len = sizeof sig, cls = CKO_PUBLIC_KEY, kt = CKK_EC;
+    CK_BBOOL no = 0, yes = 1;
+    CK_OBJECT_HANDLE pub;
+    CK_RV rv;
+    digest_rrset(s, digest);
+    if ((rv = f->C_SignInit(s, &mech, key)) != CKR_OK)
+        die("C_SignInit", rv);
+    if ((rv = f->C_Sign(s, digest, sizeof digest, sig, &len)) != CKR_OK)
+        die("C_Sign", rv);
+    digest_rrset(s, digest);
+    CK_ATTRIBUTE tmpl[7] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &kt, sizeof kt},
+                            {CKA_TOKEN, &no, 1}, {CKA_PRIVATE, &no, 1}, {CKA_VERIFY, &yes, 1},
+                            {CKA_EC_PARAMS, (void *)pk->params, pk->params_len},
+                            {CKA_EC_POINT, (void *)pk->point, pk->point_len}};
+    if ((rv = f->C_CreateObject(s, tmpl, 7, &pub)) != CKR_OK)
+        die("C_CreateObject", rv);
+    if ((rv = f->C_VerifyInit(s, &mech, pub)) != CKR_OK)
+        die("C_VerifyInit", rv);
+    if ((rv = f->C_Verify(s, digest, sizeof digest, sig, len)) != CKR_OK)
+        die("C_Verify", rv);
+    if ((rv = f->C_DestroyObject(s, pub)) != CKR_OK)
+        die("C_DestroyObject", rv);
+}
+
 static void *worker(void *arg)
 {
     struct result *res = arg;
@@ -108,11 +191,16 @@ static void *worker(void *arg)
     CK_SESSION_INFO info;
     for (int i = 0; i < 32; i++)
         digest[i] = (unsigned char)i;
-    int sign = strcmp(op, "sign") == 0;
+    int sign = strcmp(op, "sign") == 0, bind916 = strcmp(op, "bind916") == 0;
+    struct pubkey pk;
+    if (bind916)
+        read_pubkey(s, &pk);
     long done = 0;
     double t0 = now();
     while (done < per_thread || (min_seconds > 0 && now() - t0 < min_seconds)) {
-        if (sign) {
+        if (bind916) {
+            bind916_signature(s, key, &pk);
+        } else if (sign) {
             CK_ULONG len = sizeof sig;
             if ((rv = f->C_SignInit(s, &mech, key)) != CKR_OK)
                 die("C_SignInit", rv);
@@ -139,7 +227,7 @@ int main(int argc, char **argv)
         _exit(0); /* no C_Finalize, like BIND: exit as fast as the module allows */
     }
     if (argc < 7 || strcmp(argv[1], "loop") != 0) {
-        fprintf(stderr, "usage: p11drive startup MODULE | loop MODULE PIN sign|sessioninfo THREADS N [SECONDS]\n");
+        fprintf(stderr, "usage: p11drive startup MODULE | loop MODULE PIN sign|sessioninfo|bind916 THREADS N [SECONDS]\n");
         return 2;
     }
     load(argv[2]);

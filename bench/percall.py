@@ -79,3 +79,27 @@ def thread_scaling(exe: Path, ways: dict[str, Way], pin: str, reps: int, n_sign:
 def _drive(exe: Path, way: Way, pin: str, op: str, threads: int, per: int) -> tuple[float, float]:
     r = driver.run(exe, ["loop", way.module, pin, op, str(threads), str(per)], way.env)
     return float(r["ops_per_s"]), float(r["us_per_op_thread"])
+
+
+@dataclass
+class PatternResult:
+    """BIND 9.16's signature pattern (p11drive bind916: 20 calls per signature), one thread."""
+
+    n: int
+    samples: dict[str, list[float]]  # µs per signature
+    med: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.med = {w: median(v) for w, v in self.samples.items()}
+
+    @property
+    def ratio(self) -> float:
+        return self.med["shim"] / self.med["direct"]
+
+
+def bind916_pattern(exe: Path, ways: dict[str, Way], pin: str, reps: int, n: int) -> PatternResult:
+    """The conformance sequence bind916-signzone-ecdsa's per-signature calls, replayed N times
+    by the C consumer, direct and through the shim."""
+    samples = interleaved(reps, ("direct", "shim"),
+                          lambda w: _drive(exe, ways[w], pin, "bind916", 1, n)[1])
+    return PatternResult(n, samples)

@@ -3,8 +3,10 @@
 Bench only: the shim's Python runs in this PyKCS11 interpreter (cffi embedding reuses it), so the
 loop can replace the writer's methods of the live shim between rounds:
 
-- ``as is``: the real record (JSON body, flock, lseek, one os.write, SHA-256 chain);
-- ``body only``: the record is built (summary, redaction, JSON) but not locked/written/hashed;
+- ``as is``: the real record (JSON, chain, SHA-256, and the core's C append: flock, size
+  check, one write(2), unlock);
+- ``no file I/O``: the record is built and chained (summary, redaction, JSON, SHA-256), the C
+  append replaced by a function that reports the line written;
 - ``no record``: no audit record at all (dispatch, handler, cffi callback only).
 
 Prints {"variant": {"sign": us/op, "sessioninfo": us/op}} of medians of interleaved rounds.
@@ -35,18 +37,18 @@ def main() -> int:
         "sign": (lambda: s.sign(key, DIGEST, mech), 1500), "sessioninfo": (s.getSessionInfo, 15000)}
     shim = sys.modules["shim.runtime"].SHIM  # present only when MODULE is the shim
     w = shim.audit
-    write, append = w.write, w._append
+    write_call, append = w.write_call, w._locked_append
 
     def as_is() -> None:
-        w.write, w._append = write, append
+        w.write_call, w._locked_append = write_call, append
 
-    def body_only() -> None:
-        w.write, w._append = write, lambda body: None
+    def no_io() -> None:
+        w.write_call, w._locked_append = write_call, lambda fd, size, line, sync: size + len(line)
 
     def no_record() -> None:
-        w.write, w._append = (lambda *a, **k: None), append
+        w.write_call, w._locked_append = (lambda *a, **k: None), append
 
-    variants = {"as is": as_is, "body only": body_only, "no record": no_record}
+    variants = {"as is": as_is, "no file I/O": no_io, "no record": no_record}
     res: dict[str, dict[str, list[float]]] = {v: {o: [] for o in ops} for v in variants}
     for _r in range(rounds):
         for v, setup in variants.items():
