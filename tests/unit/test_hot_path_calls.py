@@ -148,3 +148,37 @@ def test_the_fast_record_path_keeps_one_chain_across_processes(fake_module: Path
         sys.path.remove(str(INDEPENDENT))
     ind = independent_verifier.verify(str(log), None, None, False)
     assert ind.exit == 0, ind.why
+
+
+def test_the_append_that_keeps_the_gil_never_waits_for_another_lock(fake_module: Path, tmp_path: Path) -> None:
+    """APPEND_NOWAIT answers -3 while another process's lock is held (the caller then waits with
+    the GIL released), and the writer's record still lands once the lock is free."""
+    import fcntl
+    import os
+
+    log = tmp_path / "audit.jsonl"
+    ffi = fake.make_ffi()
+    core = ffi.dlopen(str(fake_module))
+    w = AuditWriter(str(log), locked_append=runtime.locked_append_of(core, ffi, str(fake_module)))
+    w.write_call("C_GetInfo", {}, "CKR_OK", 1, None)
+    other = os.open(log, os.O_RDONLY)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    size = log.stat().st_size
+    line = b"{}\n"
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        assert core.sc4_audit_append(fd, size, line, len(line), cabi.APPEND_NOWAIT) == -3
+        assert log.stat().st_size == size
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (w.write_call("C_GetInfo", {}, "CKR_OK", 2, None), done.set()))
+        t.start()
+        assert not done.wait(0.2)  # waiting for the lock (with the GIL released: this thread runs)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        t.join(30)
+        assert done.is_set()
+    finally:
+        os.close(fd)
+        os.close(other)
+    w.close()
+    r = verify(str(log))
+    assert r.ok and r.records == 2, r.reason
