@@ -49,12 +49,13 @@ class WriteAhead:
         return self.us[self.key(fn, True, fsync)] - self.us[self.key(fn, False, fsync)]
 
 
-def _entries(intent_for: set[str], fsync: str, log: Path, lib: Any) -> tuple[Any, dict[str, Any]]:
+def _entries(intent_for: set[str], fsync: str, log: Path, lib: Any, core: str) -> tuple[Any, dict[str, Any]]:
+    from shim import cabi
     from shim.audit.writer import AuditWriter
     from shim.call import Call
     from shim.functions import BY_NAME
     from shim.layers import audit as audit_layer
-    from shim.runtime import _locked_append
+    from shim.runtime import locked_append_of
     from shim.spec import STATE_CHANGING
 
     def ok(call: Call, *args: Any) -> int:
@@ -65,7 +66,7 @@ def _entries(intent_for: set[str], fsync: str, log: Path, lib: Any) -> tuple[Any
     saved = audit_layer.STATE_CHANGING
     audit_layer.STATE_CHANGING = frozenset((STATE_CHANGING - set(below)) | intent_for)
     try:
-        writer = AuditWriter(str(log), fsync=fsync, locked_append=_locked_append(lib))
+        writer = AuditWriter(str(log), fsync=fsync, locked_append=locked_append_of(lib, cabi.ffi, core))
         layer = audit_layer.Audit(below, writer, fail_closed=True)
         return writer, layer.entries()
     finally:
@@ -81,7 +82,7 @@ def measure(n: int, reps: int) -> WriteAhead:
 
     ffi = FFI()
     ffi.cdef((C_DIR / "cryptoki.h").read_text() + function_list_struct()
-             + "long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int sync);")
+             + "long long sc4_audit_append(int fd, long long expected_size, const char *data, size_t len, int flags);")
     # The built core, for its C append (plain C: opening it starts no interpreter).
     (core,) = Path(shim.__file__).resolve().parent.glob(f"{CORE_MODULE}.*.so")
     lib = ffi.dlopen(str(core))
@@ -99,7 +100,7 @@ def measure(n: int, reps: int) -> WriteAhead:
                 k = rep % len(cases)
                 for fn, intent in [*cases[k:], *cases[:k]]:
                     log = Path(d) / f"{fn}-{intent}-{fsync}-{rep}.jsonl"
-                    writer, entries = _entries({fn} if intent else set(), fsync, log, lib)
+                    writer, entries = _entries({fn} if intent else set(), fsync, log, lib, str(core))
                     entry, a = entries[fn], args[fn]
                     for _ in range(min(200, calls)):  # warm-up: first records, caches
                         entry(*a)
