@@ -91,10 +91,13 @@ class PoolResult:
 
 def pool_rate(exe: Path, latency_ms: float, reps: int, sigs: int, sizes: tuple[int, ...] = (1, 2, 4),
               threads: int = 4) -> list[PoolResult]:
-    out = []
+    """One card directly and each pool size, interleaved in every round; the one-card runs are
+    shared by the sizes (the same measurement each time), which keeps the section short."""
     with cloned_cards(max(sizes), latency_ms) as cards:
         env = {**cards.harness.env}
-        direct_env = clean_env({**env, "OPENSC_CONF": str(_opensc_conf(cards, cards.readers[:1]))})
+        one = clean_env({**env, "OPENSC_CONF": str(_opensc_conf(cards, cards.readers[:1]))})
+        ways = {"direct": (opensc_module(), one)}
+        pool_env = {**env, "OPENSC_CONF": str(_opensc_conf(cards, cards.readers))}
         for n in sizes:
             work = cards.work / f"pool{n}"
             work.mkdir()
@@ -103,21 +106,17 @@ def pool_rate(exe: Path, latency_ms: float, reps: int, sigs: int, sizes: tuple[i
                                    "pool": {"label": "bench pool", "serial": f"pool{n}",
                                             "members": [{"name": f"m{i}", "label": lab}
                                                         for i, lab in enumerate(cards.labels[:n])]}}))
-            ways = {
-                "direct": (opensc_module(), direct_env),
-                "pool": (module_path(), clean_env({**env, "OPENSC_CONF": str(_opensc_conf(cards, cards.readers)),
-                                                   "SC4DNSSEC_CONF": str(conf),
-                                                   "SC4DNSSEC_AUDIT_LOG": str(work / "audit.jsonl")})),
-            }
+            ways[f"pool{n}"] = (module_path(), clean_env({**pool_env, "SC4DNSSEC_CONF": str(conf),
+                                                           "SC4DNSSEC_AUDIT_LOG": str(work / "audit.jsonl")}))
 
-            def sample(w: str, ways: dict[str, tuple[str, dict[str, str]]] = ways) -> float:
-                module, e = ways[w]
-                return float(driver.run(exe, ["loop", module, PIN, "sign", str(threads), str(max(1, sigs // threads))],
-                                        e)["ops_per_s"])
+        def sample(w: str) -> float:
+            module, e = ways[w]
+            return float(driver.run(exe, ["loop", module, PIN, "sign", str(threads), str(max(1, sigs // threads))],
+                                    e)["ops_per_s"])
 
-            raw = interleaved(reps, ("direct", "pool"), sample)
-            out.append(PoolResult(n, threads, sigs, {w: median(v) for w, v in raw.items()}))
-    return out
+        raw = interleaved(reps, tuple(ways), sample)
+    direct = median(raw["direct"])
+    return [PoolResult(n, threads, sigs, {"direct": direct, "pool": median(raw[f"pool{n}"])}) for n in sizes]
 
 
 @dataclass

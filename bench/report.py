@@ -163,7 +163,8 @@ def render(r: Report) -> str:
         a("")
         a(f"C consumer, {r.pool[0].threads} threads, C_SignInit + C_Sign per signature, against one card "
           f"directly (OpenSC, same threads); medians of {r.plan.pool_reps} interleaved runs of "
-          f"{r.plan.pool_sigs} signatures (fewer than the card section, to keep the pool section short).")
+          f"{r.plan.pool_sigs} signatures (fewer than the card section, to keep the pool section short); "
+          "each round runs one card and every pool size once, so the one-card column is one measurement.")
         a("")
         a("| cards in the pool | signatures | one card sig/s | pool sig/s | pool/one card | goal ≥ 0.9·N× |")
         a("|---|---|---|---|---|---|")
