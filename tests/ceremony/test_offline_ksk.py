@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from sc4testkit.tokens import VIRTUAL_SCHSM
-from sc4testkit.trixie import Result, Shim, Trixie
-from sc4testkit.zones import free_port, write_zone
+from sc4testkit.trixie import Shim, Trixie
 from shim.ceremony import bind
 from tests.bind import conftest as bind_fixtures
 from tests.bind.conftest import Signer, VirtualCard, _make_piv, record_time
-from tests.bind.zones import Named, answer_rrsig_tags, dig
+from tests.ceremony import online
 
 pytestmark = pytest.mark.bind
 
@@ -36,13 +34,6 @@ schsm_card = bind_fixtures.schsm_card
 
 ZONE = "example.test"
 PERIOD_DAYS = 30
-
-
-def _runner(trixie: Trixie) -> bind.Runner:
-    def run(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Result:
-        return trixie.run(argv, env=env, cwd=cwd, check=False, timeout=900)
-
-    return run
 
 
 def _card_records(signer: Signer) -> list[dict[str, object]]:
@@ -58,10 +49,6 @@ def _rrsigs_by_tag(text: str, covered: str) -> Counter[int]:
     return tags
 
 
-def _ds_lines(text: str) -> set[str]:
-    return {" ".join(line.split()[3:]) for line in text.splitlines() if " DS " in line}
-
-
 @pytest.fixture
 def card_signer(trixie: Trixie, shim: Shim, schsm_card: VirtualCard, tmp_path: Path) -> Signer:
     return _make_piv("schsm", trixie, tmp_path.resolve(), shim, schsm_card, VIRTUAL_SCHSM)
@@ -72,7 +59,7 @@ def test_offline_ksk_ceremony_then_online_named_serves_the_skr(card_signer: Sign
     signer = card_signer
     work = signer.work / "ceremony"
     work.mkdir()
-    env = bind.ToolEnv(signing=signer.sign_env, runner=_runner(trixie), module=shim.module)
+    env = bind.ToolEnv(signing=signer.sign_env, runner=online.runner(trixie), module=shim.module)
     schedule = bind.Schedule.days(PERIOD_DAYS)
     resign = schedule.resign.total_seconds()
 
@@ -120,64 +107,9 @@ def test_offline_ksk_ceremony_then_online_named_serves_the_skr(card_signer: Sign
     # -- online: named with the ZSKs, the KSK's public key and the SKR; no card --------------
     assert signer.audit_log is not None
     audit_size = signer.audit_log.stat().st_size
-    online = signer.work / "online"
-    keys = online / "keys"
-    staged = bind.online_key_directory(ZONE, work, ksk, keys)
-    assert ksk.key_file.name in {p.name for p in staged}
-    assert not (keys / ksk.private_file.name).exists()
-    write_zone(online / "zone.db", ZONE, 20)
-    trixie.run(["rndc-confgen", "-a", "-c", online / "rndc.key", "-k", "rndc-key"])
-    port, cport = free_port(), free_port()
-    conf = online / "named.conf"
-    conf.write_text(
-        f"""include "{online}/rndc.key";
-options {{
-    directory "{online}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    pid-file "{online}/named.pid";
-    recursion no;
-    notify no;
-    dnssec-validation no;
-    allow-transfer {{ 127.0.0.1; }};
-}};
-controls {{ inet 127.0.0.1 port {cport} allow {{ 127.0.0.1; }} keys {{ "rndc-key"; }}; }};
-{bind.online_named_conf(ZONE, online / "zone.db", keys, schedule)}"""
-    )
-    for text in [conf.read_text(), *(p.read_text() for p in staged)]:
-        assert "pkcs11" not in text and shim.module not in text
-    rndc = ["rndc", "-k", str(online / "rndc.key"), "-s", "127.0.0.1", "-p", str(cport)]
-    with Named(trixie, conf, {}, online / "named.log") as named:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if trixie.run([*rndc, "status"], check=False).returncode == 0:
-                break
-            time.sleep(0.3)
-        bind.import_skr(ZONE, skr, rndc, env, online)
-        out, waited = named.wait_for(port, ZONE, "DNSKEY", "DNSKEY")
-        record_time("offline_ksk[schsm]", "online named: SKR import to signed DNSKEY", waited)
-        assert ksk.tag in answer_rrsig_tags(out, "DNSKEY"), f"{out}\n{named.log_text()}"
-        a = dig(trixie, port, f"host7.{ZONE}", "A")
-        assert set(answer_rrsig_tags(a, "A")) <= zsk_tags and answer_rrsig_tags(a, "A"), a
-        served_keys = online / "served.dnskey"
-        served_keys.write_text(
-            trixie.run(["dig", "+noall", "+answer", "-p", str(port), "@127.0.0.1", ZONE, "DNSKEY"]).stdout
-        )
-        served_ds = trixie.run(["dnssec-dsfromkey", "-a", "SHA-256", "-f", served_keys, ZONE]).stdout
-        assert _ds_lines(ds.read_text()) and _ds_lines(ds.read_text()) <= _ds_lines(served_ds), (
-            f"exported DS does not match the served KSK:\n{ds.read_text()}\n{served_ds}"
-        )
-        axfr = online / "served.zone"
-        axfr.write_text(trixie.run(["dig", "+noall", "+answer", "-p", str(port), "@127.0.0.1", ZONE, "AXFR"]).stdout)
-        maps = Path(f"/proc/{named.proc.pid}/maps").read_text()
-        rc = named.stop()
-    assert rc == 0, f"named exited {rc} on SIGTERM:\n{named.log_text()}"
-    res = trixie.run(["dnssec-verify", "-o", ZONE, axfr], check=False)
-    assert res.returncode == 0 and "Zone fully signed" in res.stdout + res.stderr, res.explain()
-
-    # the online named never loaded the provider, the shim or the card's module (the maps are
-    # named's own: its libdns is in them)
-    assert "/libdns" in maps, maps[:2000]
-    assert "pkcs11" not in maps and Path(shim.module).name not in maps and "opensc" not in maps, maps
+    served = online.serve_and_check(trixie, ZONE, schedule, ksk, work, skr, ds, signer.work / "online",
+                                    [shim.module, Path(shim.module).name])
+    record_time("offline_ksk[schsm]", "online named: SKR import to signed DNSKEY", served.waited)
+    assert served.zsk_tags <= zsk_tags, (served.zsk_tags, zsk_tags)
     assert signer.audit_log.stat().st_size == audit_size, "the online side wrote to the card's audit log"
     record_time("offline_ksk[schsm]", "whole test", time.monotonic() - start)
