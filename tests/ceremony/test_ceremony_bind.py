@@ -27,8 +27,8 @@ import pytest
 from shim.audit import signing
 from shim.ceremony import bind, record
 from shim.openssl_conf import PROVIDER_MODULE
-from virtualcard import schsm
 from tests.ceremony import online
+from virtualcard import schsm
 from virtualcard.pytest_plugin import VirtualCard
 
 pytestmark = [
