@@ -1,14 +1,14 @@
 """The whole ceremony, BIND steps included, where BIND 9.20 is (a Debian 13 host, or
 ``ci/virtualcard-debian13 tests/ceremony -m ceremony --card=virtual-schsm`` from Debian 12): three
-virtual SmartCard-HSMs (the primary and two clones), one DKEK share, then dnssec-ksr
+virtual SmartCard-HSMs (the primary and two clones), the default 2-of-2 DKEK shares, then dnssec-ksr
 keygen/request/sign through pkcs11-provider and the shim, the DS, the sealed ZSKs and the record.
 Then the online side from the ceremony's own outputs: the sealed ZSKs unsealed, the KSK's public
 ``.key``, the SKR and the DS go to a named that never loads the card's module
 (tests/ceremony/online.py), which imports the SKR and serves the zone.
 
 With ``--ceremony-example DIR`` (tests/ceremony/conftest.py) it is the ceremony of the committed
-example record instead: the default two DKEK shares, six participants, run in DIR and left
-there.  The secrets stay in the test's own temporary directory."""
+example record instead: six participants, run in DIR and left there. The secrets stay in the
+test's own temporary directory."""
 
 from __future__ import annotations
 
@@ -66,15 +66,14 @@ def _ceremony(vcs: list[VirtualCard], tmp_path: Path, example: Path | None) -> N
                         ("share2", "another share"), ("transport", "transport phrase")):
         (sec / name).write_text(value + "\n")
     priv, pub = signing.keygen(str(sec))
+    participants: tuple[str, ...]
     if example is None:
-        d = tmp_path / "c"
-        shape = ["--participant", "SO=Sofia", "--dkek-shares", "1", "--custodian", "SO",
-                 "--share-password-file", str(sec / "share1")]
+        d, participants = tmp_path / "c", ("SO=Sofia Officer", "SA=Sam Admin")  # the default custodians
     else:
         assert not example.exists() or not any(example.iterdir()), f"--ceremony-example {example} is not empty"
-        d = example
-        shape = [a for p in EXAMPLE_PARTICIPANTS for a in ("--participant", p)] + [
-            "--share-password-file", str(sec / "share1"), "--share-password-file", str(sec / "share2")]
+        d, participants = example, EXAMPLE_PARTICIPANTS
+    shape = [a for p in participants for a in ("--participant", p)] + [
+        "--share-password-file", str(sec / "share1"), "--share-password-file", str(sec / "share2")]
     clones = [a for vc in vcs[1:] for a in ("--clone", vc.info.reader or "")]
     r = sc4("ceremony", "start", str(d), "--zone", "example.com", "--primary", vcs[0].info.reader or "", *clones,
             *shape, "--pin-file", str(sec / "pin"), "--so-pin-file", str(sec / "so-pin"), "--checkpoint-key", priv,
